@@ -1,0 +1,1 @@
+"""HTTP layer: knows HTTP, never MLX."""

@@ -1,0 +1,59 @@
+"""One frozen Settings object. This module is the only place that reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+DEFAULT_MODEL = "mlx-community/gemma-3-4b-it-4bit"
+ENV_PREFIX = "MLX_SERVER_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str = DEFAULT_MODEL
+    served_model_name: str | None = None  # id reported by /v1/models; defaults to `model`
+    host: str = "127.0.0.1"
+    port: int = 8000
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    kv_bits: int | None = 8  # None keeps the KV cache in the compute dtype
+    kv_group_size: int = 64
+    prefill_step_size: int = 256
+    max_queue: int = 64
+    max_tokens_cap: int | None = None  # refuse max_tokens above this (None: context length)
+    log_level: str = "info"
+    hf_offline: bool = False
+
+    @property
+    def model_id(self) -> str:
+        return self.served_model_name or self.model
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given non-None values replaced."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _coerce(raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from MLX_SERVER_* variables (plus HF_HUB_OFFLINE), over the defaults."""
+    env = dict(os.environ if environ is None else environ)
+    base = Settings()
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw != "":
+            default = getattr(base, f.name)
+            values[f.name] = _coerce(raw, default) if default is not None else raw
+    if env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        values["hf_offline"] = True
+    return replace(base, **values)

@@ -1,0 +1,1 @@
+"""The MLX inference engine: knows MLX, never HTTP."""
