@@ -1,0 +1,194 @@
+"""One request's generation: chunked prefill -> decode with the 8-bit KV cache -> events."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import mlx.core as mx
+
+from .families import Embedded, Family
+from .prompt import PromptInputs
+from .sampling import Sampler
+from .textstream import IncrementalDetokenizer, StopMatcher
+from .types import (
+    EngineEvent,
+    FinishReason,
+    GenerationRequest,
+    PrefillProgress,
+    TokenEvent,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+
+class Generation:
+    """State of one sequence. `advance()` does one unit of work: a prefill chunk or one token."""
+
+    def __init__(
+        self,
+        *,
+        request: GenerationRequest,
+        prompt: PromptInputs,
+        model: Any,
+        family: Family,
+        tokenizer: Any,
+        cache: list[Any],
+        eos_ids: tuple[int, ...],
+        vocab_size: int,
+        max_tokens: int,
+        prefill_step: int,
+        cached_tokens: int = 0,
+        matcher: Any = None,
+    ):
+        self.request = request
+        self.prompt = prompt
+        self.model = model
+        self.family = family
+        self.tokenizer = tokenizer
+        self.cache = cache
+        self.eos_ids = frozenset(eos_ids)
+        self.max_tokens = max_tokens
+        self.prefill_step = max(1, prefill_step)
+        self.cached_tokens = cached_tokens
+        self.prefilled = cached_tokens
+        self.matcher = matcher
+        params = request.sampling
+        self.sampler = Sampler(params, vocab_size, prompt.token_ids)
+        self.detok = IncrementalDetokenizer(
+            lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+        )
+        self.stops = StopMatcher(params.stop)
+        self.generated: list[int] = []
+        self.emb: Embedded | None = None
+        self.rope_delta = 0
+        self._pending: Any = None  # next token's SampleResult, maybe still computing
+        self.finished = False
+        self.finish_reason: FinishReason | None = None
+        self.started = time.perf_counter()
+        self.first_token_at: float | None = None
+
+    def close(self, cancelled: bool) -> None:
+        """Drop references to MLX state (the prefix cache will take the KV here)."""
+        self.cache = []
+        self.emb = None
+        self._pending = None
+        self.finished = True
+        if cancelled and self.finish_reason is None:
+            self.finish_reason = "cancelled"
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt.token_ids)
+
+    # -- prefill -----------------------------------------------------------------
+    def _prefill_chunk(self) -> list[EngineEvent]:
+        if self.emb is None:
+            self.emb = self.family.embed(
+                self.model, self.prompt.token_ids, self.prompt.model_inputs
+            )
+            self.rope_delta = self.emb.rope_delta
+        last = self.prompt_len - 1
+        n = min(self.prefill_step, last - self.prefilled)
+        if n > 0:
+            self.family.forward(
+                self.model, self.cache, self.emb, self.prefilled, self.prefilled + n
+            )
+            mx.eval([c.state for c in self.cache])
+            self.prefilled += n
+            return [PrefillProgress(done=self.prefilled, total=self.prompt_len)]
+        logits = self.family.forward(self.model, self.cache, self.emb, last, last + 1)
+        self.prefilled = self.prompt_len
+        self.emb = None  # the prompt embeddings are no longer needed
+        self._pending = self._sample(logits)
+        mx.async_eval(self._pending.token)
+        return []
+
+    # -- decode ------------------------------------------------------------------
+    def _sample(self, logits: mx.array):
+        mask = self.matcher.mask() if self.matcher is not None else None
+        return self.sampler.sample(logits[0, -1], mask)
+
+    def _launch_next(self, token: mx.array) -> Any:
+        offset = self.prompt_len + len(self.generated)
+        logits = self.family.decode(self.model, self.cache, token, offset, self.rope_delta)
+        nxt = self._sample(logits)
+        mx.async_eval(nxt.token)
+        return nxt
+
+    def advance(self) -> list[EngineEvent]:
+        if self.finished:
+            return []
+        if self.prefilled < self.prompt_len:
+            events = self._prefill_chunk()
+            if self._pending is None:
+                return events
+        current = self._pending
+        # Unconstrained: queue the next step before reading this token, so the model
+        # computes while Python turns this token into text.
+        nxt = self._launch_next(current.token) if self.matcher is None else None
+        token = int(current.token.item())
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        event = self._accept(token, current)
+        if not self.finished:
+            if self.matcher is not None:
+                nxt = self._launch_next(current.token)
+            self._pending = nxt
+        return [event]
+
+    def _accept(self, token: int, sample: Any) -> TokenEvent:
+        self.generated.append(token)
+        logprobs = self._logprobs(token, sample.logprobs)
+        reason: FinishReason | None = None
+        text = ""
+        if token in self.eos_ids:
+            reason = "stop"
+        else:
+            if self.matcher is not None:
+                self.matcher.advance(token)
+            text, hit = self.stops.feed(self.detok.add(token))
+            grammar_done = self.matcher is not None and self.matcher.is_finished
+            if hit or grammar_done:
+                reason = "stop"
+            elif len(self.generated) >= self.max_tokens:
+                reason = "length"
+        if reason is not None:
+            if not self.stops.stopped:
+                text += self.stops.feed(self.detok.flush())[0]
+                text += self.stops.flush()
+            return self._finish(reason, text, token, logprobs)
+        return TokenEvent(text=text, token_ids=(token,), logprobs=logprobs)
+
+    def _finish(self, reason: FinishReason, text: str, token: int, logprobs) -> TokenEvent:
+        self.finished = True
+        self.finish_reason = reason
+        self._pending = None
+        usage = Usage(
+            prompt_tokens=self.prompt_len,
+            completion_tokens=len(self.generated),
+            cached_tokens=self.cached_tokens,
+        )
+        return TokenEvent(
+            text=text, token_ids=(token,), logprobs=logprobs, finish_reason=reason, usage=usage
+        )
+
+    def _logprobs(self, token: int, lp: mx.array | None) -> tuple[TokenLogprob, ...]:
+        params = self.request.sampling
+        if not params.logprobs or lp is None:
+            return ()
+        top: tuple[TopLogprob, ...] = ()
+        if params.top_logprobs > 0:
+            k = params.top_logprobs
+            idx = mx.argpartition(-lp, k - 1)[:k]
+            vals = lp[idx]
+            order = mx.argsort(-vals)
+            top = tuple(
+                TopLogprob(self._piece(int(i)), float(v))
+                for i, v in zip(idx[order].tolist(), vals[order].tolist())
+            )
+        return (TokenLogprob(self._piece(token), float(lp[token].item()), top),)
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)

@@ -1,0 +1,154 @@
+"""Messages -> the model's own chat template -> token ids + processed images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+
+from .errors import InvalidRequestError
+from .types import ImageInput, ImagePart, Message, TextPart, ToolSpec
+
+# The family's image placeholder token as its processor expands it.
+IMAGE_TOKENS = {
+    "gemma3": "<image_soft_token>",
+    "qwen2_vl": "<|image_pad|>",
+    "qwen2_5_vl": "<|image_pad|>",
+}
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A message as the chat template will see it: role + ordered text/image parts."""
+
+    role: str
+    parts: tuple[TextPart | ImagePart, ...]
+
+
+@dataclass
+class PromptInputs:
+    text: str
+    token_ids: list[int]
+    images: tuple[ImageInput, ...]
+    model_inputs: dict[str, Any] = field(default_factory=dict)  # pixel_values, image_grid_thw...
+    image_spans: tuple[tuple[int, int, str], ...] = ()  # (start, end, sha256) per image
+
+
+def _join(a: tuple, b: tuple) -> tuple:
+    """Concatenate part lists; adjacent texts are joined by a blank line (templates trim items)."""
+    if a and b and isinstance(a[-1], TextPart) and isinstance(b[0], TextPart):
+        return (*a[:-1], TextPart(a[-1].text.rstrip() + "\n\n" + b[0].text.lstrip()), *b[1:])
+    return a + b
+
+
+def _merge_same_role(turns: list[Turn]) -> list[Turn]:
+    out: list[Turn] = []
+    for t in turns:
+        if out and out[-1].role == t.role:
+            out[-1] = Turn(t.role, _join(out[-1].parts, t.parts))
+        else:
+            out.append(t)
+    return out
+
+
+def _tool_free_turns(messages: tuple[Message, ...]) -> list[Turn]:
+    turns = []
+    for i, m in enumerate(messages):
+        if m.role == "tool" or m.tool_calls:
+            raise InvalidRequestError(
+                "tool messages and assistant tool_calls need `tools` support for this model",
+                param=f"messages[{i}]",
+            )
+        turns.append(Turn(m.role, m.content))
+    return turns
+
+
+def normalize_turns(
+    family: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+) -> list[Turn]:
+    """Apply the family's conversation rules (system folding, alternation) before templating."""
+    if not messages:
+        raise InvalidRequestError("messages must not be empty", param="messages")
+    turns = _tool_free_turns(messages)
+    system = [t for t in turns if t.role == "system"]
+    rest = [t for t in turns if t.role != "system"]
+    if any(isinstance(p, ImagePart) for t in system for p in t.parts):
+        raise InvalidRequestError("system messages cannot contain images", param="messages")
+    sys_text = "\n\n".join(
+        "".join(p.text for p in t.parts if isinstance(p, TextPart)).strip() for t in system
+    ).strip()
+    rest = _merge_same_role(rest)
+    if family == "gemma3":
+        # Gemma 3 has no system role and demands user/model alternation starting with user.
+        if not rest or rest[0].role != "user":
+            rest.insert(0, Turn("user", ()))
+        for i, t in enumerate(rest):
+            want = "user" if i % 2 == 0 else "assistant"
+            if t.role != want:
+                raise InvalidRequestError(
+                    f"conversation roles must alternate user/assistant after merging; got {t.role!r} at turn {i}",
+                    param="messages",
+                )
+    head = [Turn("system", (TextPart(sys_text),))] if sys_text else []
+    return head + rest
+
+
+def _hf_content(parts: tuple[TextPart | ImagePart, ...]) -> list[dict[str, Any]]:
+    return [
+        {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
+        for p in parts
+    ]
+
+
+def render(
+    tokenizer: Any, family: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+) -> tuple[str, tuple[ImageInput, ...]]:
+    """The prompt text through the model's own chat template, plus images in prompt order."""
+    turns = normalize_turns(family, messages, tools)
+    hf = []
+    for t in turns:
+        if t.role == "system":
+            hf.append({"role": "system", "content": t.parts[0].text})
+        else:
+            hf.append({"role": t.role, "content": _hf_content(t.parts)})
+    text = tokenizer.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
+    images = tuple(p.image for t in turns for p in t.parts if isinstance(p, ImagePart))
+    return text, images
+
+
+def image_spans(token_ids: list[int], image_token_id: int, images: tuple[ImageInput, ...]):
+    """(start, end, sha256) of each run of image tokens, matched to images in order."""
+    runs: list[tuple[int, int]] = []
+    start = None
+    for i, tok in enumerate([*token_ids, -1]):
+        if tok == image_token_id and start is None:
+            start = i
+        elif tok != image_token_id and start is not None:
+            runs.append((start, i))
+            start = None
+    if len(runs) != len(images):
+        raise InvalidRequestError(
+            f"the prompt has {len(runs)} image placeholders for {len(images)} images"
+        )
+    return tuple((s, e, img.sha256) for (s, e), img in zip(runs, images))
+
+
+def build_prompt(
+    processor: Any, family: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+) -> PromptInputs:
+    """Render, expand image placeholders and tokenise through the model's processor."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    text, images = render(tokenizer, family, messages, tools)
+    kwargs: dict[str, Any] = {"text": [text], "add_special_tokens": False}
+    if images:
+        kwargs["images"] = [img.image for img in images]
+    out = dict(processor(**kwargs))
+    ids = out.pop("input_ids")
+    ids = (ids.tolist() if isinstance(ids, mx.array) else list(ids))[0]
+    out.pop("attention_mask", None)
+    out.pop("token_type_ids", None)
+    model_inputs = {k: v if isinstance(v, mx.array) else mx.array(v) for k, v in out.items()}
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKENS[family])
+    spans = image_spans(ids, image_id, images) if images else ()
+    return PromptInputs(text, ids, images, model_inputs, spans)
