@@ -148,7 +148,7 @@ def render_function(tool: ToolLike) -> str:
     doc = [line.replace('"""', '\\"""') for line in doc]
     if not doc:
         body = [f"{_INDENT}..."]
-    elif len(doc) == 1:
+    elif len(doc) == 1 and not doc[0].endswith('"'):
         body = [f'{_INDENT}"""{doc[0]}"""']
     else:
         body = [f'{_INDENT}"""{doc[0]}', *((_INDENT + line).rstrip() for line in doc[1:])]
