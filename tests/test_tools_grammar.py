@@ -244,6 +244,45 @@ def test_string_format_goes_through_llguidance(family):
     assert not accepts(grammar, wrap('"tomorrow"'))
 
 
+class _MarkerTokenizer(_ByteTokenizer):
+    """Bytes plus <tool_call> / </tool_call> as single added tokens, as in Qwen2.5-VL."""
+
+    tokens = _ByteTokenizer.tokens + [b"<tool_call>", b"</tool_call>"]
+    special_token_ids = [EOS, 257, 258]
+
+    def __call__(self, text):
+        raw = text.encode() if isinstance(text, str) else text
+        ids, at = [], 0
+        while at < len(raw):
+            for token in (257, 258):
+                if raw.startswith(self.tokens[token], at):
+                    ids.append(token)
+                    at += len(self.tokens[token])
+                    break
+            else:
+                ids.append(raw[at])
+                at += 1
+        return ids
+
+
+def test_qwen_markers_as_single_tokens():
+    wrapper = _MarkerTokenizer()
+    tokenizer = llguidance.LLTokenizer(llguidance.TokenizerWrapper(wrapper))
+    fmt = format_for("qwen2_5_vl")
+    markers = fmt.marker_tokens(wrapper)
+    assert markers == {"<tool_call>": 257, "</tool_call>": 258}
+    assert format_for("gemma3").marker_tokens(wrapper) == {}
+    ids = wrapper(QWEN_OK[0] + "\n" + QWEN_OK[0])
+    assert ids.count(257) == 2 and ids.count(258) == 2
+    for grammar, ok in (
+        (fmt.grammar(TOOLS), False),
+        (fmt.grammar(TOOLS, marker_tokens=markers), True),
+    ):
+        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        # llguidance counts added tokens as special: a quoted "<tool_call>" cannot match one.
+        assert (matcher.consume_tokens(ids) and matcher.is_accepting()) is ok
+
+
 def test_gemma_nullable_openapi_style():
     tool = ToolDef(
         "f", "", {"properties": {"x": {"type": "string", "nullable": True}}, "required": ["x"]}

@@ -121,10 +121,12 @@ class ToolFormat:
       both families append it to the system text after a blank line.
     - `render_tool_calls(calls)`: prior assistant calls as the model writes them.
     - `render_tool_results(results)`: consecutive `tool` messages as one user-turn text.
-    - `grammar(tools, choice, parallel)`: an llguidance Lark grammar forcing well-formed calls:
-      `choice` None means any of `tools` (tool_choice "required"), a name means that tool;
-      `parallel` False means exactly one call, True one or more. Raises ValueError for a tool
-      the format cannot express (unknown choice, a name or parameter it cannot write).
+    - `grammar(tools, choice=None, parallel=True, marker_tokens=None)`: an llguidance Lark
+      grammar forcing well-formed calls: `choice` None means any of `tools` (tool_choice
+      "required"), a name means that tool; `parallel` False means exactly one call, True one
+      or more. `marker_tokens` maps a marker (`start`/`end`) to the id of the single token
+      spelling it in the model's vocabulary, if any. Raises ValueError for a tool the format
+      cannot express (unknown choice, a name or parameter it cannot write).
     - `in_string(body)`: whether a block body so far ends inside a string literal, so an end
       marker met there (```` ``` ```` in a Python string, `</tool_call>` in a JSON one) is text.
     """
@@ -138,6 +140,19 @@ class ToolFormat:
     render_tool_results: Callable[[Sequence[ToolResult]], str]
     grammar: Callable[..., str]
     in_string: Callable[[str], bool] = field(default=lambda body: False)
+
+    def marker_tokens(self, encode: Callable[[str], Sequence[int]]) -> dict[str, int]:
+        """The markers `encode` (a tokenizer, no special tokens added) spells as one token.
+
+        Pass the result to `grammar`: e.g. {"<tool_call>": 151657, "</tool_call>": 151658}
+        for Qwen2.5-VL, {} for Qwen2-VL and Gemma 3 where the markers are plain text.
+        """
+        found = {}
+        for marker in (self.start, self.end):
+            ids = list(encode(marker))
+            if len(ids) == 1:
+                found[marker] = int(ids[0])
+        return found
 
     def render_assistant(self, content: str, calls: Sequence[CallLike]) -> str:
         """An assistant turn's text: its content, then its calls on the next line."""
@@ -174,6 +189,13 @@ def open_quote(text: str, quotes: str = '"', python: bool = False) -> str | None
             delim = None
         i += 1
     return delim[0] if delim else None
+
+
+def marker_atom(marker: str, marker_tokens: Mapping[str, int]) -> str:
+    """A marker in Lark: `<[id]>` when one token spells it, else the quoted text."""
+    if marker in marker_tokens:
+        return f"<[{int(marker_tokens[marker])}]>"
+    return json.dumps(marker, ensure_ascii=False)
 
 
 def select_tools(tools: Sequence[ToolLike], choice: str | None) -> list[ToolLike]:

@@ -211,11 +211,18 @@ def _call_rule(builder: _Builder, tool: ToolLike) -> str:
     return builder.define(f'{head} {builder.entries(kwargs, params)} ")"')
 
 
-def grammar(tools: Sequence[ToolLike], choice: str | None = None, parallel: bool = True) -> str:
+def grammar(
+    tools: Sequence[ToolLike],
+    choice: str | None = None,
+    parallel: bool = True,
+    marker_tokens: Mapping[str, int] | None = None,
+) -> str:
     """Lark grammar for one ```tool_code``` block of calls to `tools` (or the `choice` tool).
 
-    `parallel` False: exactly one call; True: one or more, one per line.
+    `parallel` False: exactly one call; True: one or more, one per line. `marker_tokens` is
+    accepted for the common signature; Gemma's fences are ordinary text.
     """
+    del marker_tokens
     chosen = select_tools(tools, choice)
     builders = [_Builder(tool.parameters or {}, f"t{i}_") for i, tool in enumerate(chosen)]
     calls = [_call_rule(b, tool) for b, tool in zip(builders, chosen, strict=True)]

@@ -8,7 +8,7 @@ support of their own, and Qwen2.5-VL was trained on the Qwen2.5 convention.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .base import (
@@ -18,11 +18,13 @@ from .base import (
     ToolLike,
     ToolResult,
     load_arguments,
+    marker_atom,
     open_quote,
     select_tools,
 )
 from .schema import lark_literal, tighten
 
+START, END = "<tool_call>", "</tool_call>"
 PREAMBLE_HEAD = (
     "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
@@ -105,12 +107,21 @@ def _call(value: Any) -> ParsedCall | None:
     return value["name"], arguments
 
 
-def grammar(tools: Sequence[ToolLike], choice: str | None = None, parallel: bool = True) -> str:
+def grammar(
+    tools: Sequence[ToolLike],
+    choice: str | None = None,
+    parallel: bool = True,
+    marker_tokens: Mapping[str, int] | None = None,
+) -> str:
     """Lark grammar for <tool_call> blocks calling `tools` (or the `choice` tool).
 
-    The arguments are an inline `%json` of each tool's schema (objects closed to unlisted keys);
-    `parallel` False: exactly one block; True: one or more, separated by a newline.
+    The arguments are an inline `%json` of each tool's schema (objects closed to unlisted keys,
+    keys in schema order); `parallel` False: exactly one block; True: one or more, separated
+    by a newline. `marker_tokens` maps a marker to the id of the single token that spells it
+    (Qwen2.5-VL's <tool_call> is one): llguidance counts such added tokens as special, which
+    a quoted literal never matches, so the grammar names them by id instead.
     """
+    tokens = marker_tokens or {}
     rules = []
     for i, tool in enumerate(select_tools(tools, choice)):
         schema = tighten(dict(tool.parameters or {}))
@@ -124,7 +135,8 @@ def grammar(tools: Sequence[ToolLike], choice: str | None = None, parallel: bool
     repeat = ' ("\\n" call)*' if parallel else ""
     lines = [
         f"start: call{repeat}",
-        'call: "<tool_call>\\n{\\"name\\": \\"" fn "}\\n</tool_call>"',
+        f'call: {marker_atom(START, tokens)} "\\n{{\\"name\\": \\"" fn '
+        f'"}}\\n" {marker_atom(END, tokens)}',
         f"fn: {names}",
         *rules,
     ]
@@ -133,8 +145,8 @@ def grammar(tools: Sequence[ToolLike], choice: str | None = None, parallel: bool
 
 FORMAT = ToolFormat(
     family="qwen",
-    start="<tool_call>",
-    end="</tool_call>",
+    start=START,
+    end=END,
     parse=parse,
     render_tools_preamble=render_tools_preamble,
     render_tool_calls=render_tool_calls,
