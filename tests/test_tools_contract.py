@@ -20,6 +20,7 @@ from mlx_server.tools import (
     new_call_id,
     split_all,
 )
+from mlx_server.tools.base import open_quote
 
 TOOLS = [
     ToolDef(
@@ -393,3 +394,20 @@ def test_qwen_lenient_shapes(body):
 )
 def test_qwen_rejects_malformed(body):
     assert format_for("qwen2_5_vl").parse(body, TOOLS) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "python", "expected"),
+    [
+        ('f(x="a', False, '"'),
+        ('f(x="a\\"', False, '"'),
+        ('f(x="a\\\\"', False, None),
+        ('f(x="a\nb', False, None),  # a raw newline ends a one-quote string
+        ("search what's new\n", True, None),
+        ("f(x='a", True, "'"),
+        ('f(x="""a\nb', True, '"'),
+        ("f() # it's \"quoted", True, None),
+    ],
+)
+def test_open_quote(text, python, expected):
+    assert open_quote(text, "\"'" if python else '"', python=python) == expected

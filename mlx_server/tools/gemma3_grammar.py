@@ -143,10 +143,9 @@ class _Builder:
         return self.define(f'/"{_CHAR}{count}"/', f"{self.prefix.upper()}STR{len(self.rules)}")
 
     def _number(self, kind: str, schema: Mapping[str, Any]) -> str:
-        leaf: dict[str, Any] = {
-            "type": kind,
-            **{k: schema[k] for k in _NUMERIC_KEYS if k in schema},
-        }
+        # Draft-4 boolean exclusive bounds are dropped: the closed bound beside them still holds.
+        bounds = {k: v for k in _NUMERIC_KEYS if _is_number(v := schema.get(k))}
+        leaf: dict[str, Any] = {"type": kind, **bounds}
         if not any(k in leaf for k in ("minimum", "exclusiveMinimum")):
             leaf["minimum"] = -_BOUND
         if not any(k in leaf for k in ("maximum", "exclusiveMaximum")):
@@ -190,6 +189,10 @@ class _Builder:
             [expr for key, expr in items.items() if key in need],
             [expr for key, expr in items.items() if key not in need],
         )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _implied_types(schema: Mapping[str, Any]) -> list[str]:
