@@ -7,6 +7,7 @@ from typing import Any
 
 import mlx.core as mx
 
+from ..tools import format_for
 from .errors import InvalidRequestError
 from .types import ImageInput, ImagePart, Message, TextPart, ToolSpec
 
@@ -52,15 +53,44 @@ def _merge_same_role(turns: list[Turn]) -> list[Turn]:
     return out
 
 
-def _tool_free_turns(messages: tuple[Message, ...]) -> list[Turn]:
-    turns = []
+# Qwen-VL's template adds this system text when there is none; tools must keep it.
+DEFAULT_SYSTEM = {
+    "qwen2_vl": "You are a helpful assistant.",
+    "qwen2_5_vl": "You are a helpful assistant.",
+}
+
+
+def _tool_name(messages: tuple[Message, ...], upto: int, call_id: str | None) -> str | None:
+    for m in reversed(messages[:upto]):
+        for call in m.tool_calls:
+            if call.id == call_id:
+                return call.name
+    return None
+
+
+def _history_turns(family: str, messages: tuple[Message, ...]) -> list[Turn]:
+    """Messages as plain turns: prior tool calls and tool results rendered in the family's
+    own tool convention; consecutive tool results become one user turn."""
+    fmt = format_for(family)
+    turns: list[Turn] = []
+    results: list[tuple[str | None, str]] = []
     for i, m in enumerate(messages):
-        if m.role == "tool" or m.tool_calls:
-            raise InvalidRequestError(
-                "tool messages and assistant tool_calls need `tools` support for this model",
-                param=f"messages[{i}]",
-            )
-        turns.append(Turn(m.role, m.content))
+        if m.role == "tool":
+            results.append((m.name or _tool_name(messages, i, m.tool_call_id), m.text))
+            continue
+        if results:
+            turns.append(Turn("user", (TextPart(fmt.render_tool_results(results)),)))
+            results = []
+        if m.role == "assistant" and m.tool_calls:
+            try:
+                text = fmt.render_assistant(m.text, m.tool_calls)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc), param=f"messages[{i}].tool_calls") from exc
+            turns.append(Turn("assistant", (TextPart(text),)))
+        else:
+            turns.append(Turn(m.role, m.content))
+    if results:
+        turns.append(Turn("user", (TextPart(fmt.render_tool_results(results)),)))
     return turns
 
 
@@ -70,7 +100,7 @@ def normalize_turns(
     """Apply the family's conversation rules (system folding, alternation) before templating."""
     if not messages:
         raise InvalidRequestError("messages must not be empty", param="messages")
-    turns = _tool_free_turns(messages)
+    turns = _history_turns(family, messages)
     system = [t for t in turns if t.role == "system"]
     rest = [t for t in turns if t.role != "system"]
     if any(isinstance(p, ImagePart) for t in system for p in t.parts):
@@ -78,8 +108,12 @@ def normalize_turns(
     sys_text = "\n\n".join(
         "".join(p.text for p in t.parts if isinstance(p, TextPart)).strip() for t in system
     ).strip()
-    rest = _merge_same_role(rest)
+    if tools:
+        base = sys_text or DEFAULT_SYSTEM.get(family, "")
+        preamble = format_for(family).render_tools_preamble(tools)
+        sys_text = f"{base}\n\n{preamble}" if base else preamble
     if family == "gemma3":
+        rest = _merge_same_role(rest)
         # Gemma 3 has no system role and demands user/model alternation starting with user.
         if not rest or rest[0].role != "user":
             rest.insert(0, Turn("user", ()))
