@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
+from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 
@@ -67,7 +68,17 @@ async def read_body(request: Request) -> ChatCompletionRequest:
     raw = await request.body()
     if not raw.strip():
         raise ApiError(400, "The request body is empty; send a JSON object", code="invalid_json")
-    return ChatCompletionRequest.model_validate_json(raw)
+    try:
+        # Parsed apart from validation so that NaN and Infinity, which are not JSON, fail
+        # everywhere, even inside fields typed Any.
+        data = from_json(raw, allow_inf_nan=False)
+    except ValueError as exc:
+        raise ApiError(
+            400, f"The request body is not valid JSON ({exc})", code="invalid_json"
+        ) from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+    return ChatCompletionRequest.model_validate(data)
 
 
 def splitter_for(request: GenerationRequest) -> TextSplitter:

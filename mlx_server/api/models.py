@@ -23,13 +23,13 @@ def _card(request: Request) -> ModelCard:
     )
 
 
-@router.get("/v1/models")
+@router.api_route("/v1/models", methods=["GET", "HEAD"])
 async def list_models(request: Request) -> ModelList:
     """The one loaded model, in OpenAI's list shape."""
     return ModelList(data=[_card(request)])
 
 
-@router.get("/v1/models/{model_id:path}")
+@router.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     """The loaded model by id; any other id is a 404 `model_not_found`."""
     card = _card(request)
@@ -41,7 +41,7 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     return card
 
 
-@router.get("/health")
+@router.api_route("/health", methods=["GET", "HEAD"])
 async def health(request: Request) -> dict[str, Any]:
     """Liveness plus the engine's figures (queue depth, cache use, ...)."""
     engine = get_engine(request)

@@ -87,7 +87,7 @@ class ChatCompletionRequest(BaseModel):
     stream_options: StreamOptions | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, Any] | None = None  # values checked in requests.py, naming the key
     # Refused unless they mean "off" (see requests.FIELD_POLICIES).
     n: int | None = Field(None, ge=1)
     tools: list[Any] | None = None

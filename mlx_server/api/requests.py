@@ -193,7 +193,7 @@ def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+def _logit_bias(bias: dict[str, Any] | None) -> tuple[tuple[int, float], ...]:
     out = []
     low, high = LOGIT_BIAS_RANGE
     for key, value in (bias or {}).items():
@@ -202,9 +202,10 @@ def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
                 f"logit_bias keys must be token ids (non-negative integers), got {key[:40]!r}",
                 param="logit_bias",
             )
-        if not low <= value <= high:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high:  # NaN fails the range test too
             raise InvalidRequestError(
-                f"logit_bias[{key!r}] is {value}; values must be between -100 and 100",
+                f"logit_bias[{key!r}] must be a number between -100 and 100",
                 param="logit_bias",
             )
         out.append((int(key), float(value)))
