@@ -43,6 +43,7 @@ class Script:
     error: Exception | None = None
     error_after: int = 0
     finish_on_last_piece: bool = False  # else a final empty TokenEvent carries the finish
+    send_finish: bool = True  # False: a broken engine that ends a job without finishing it
 
 
 def plan(script: Script, request: GenerationRequest) -> tuple[list[str], str]:
@@ -99,7 +100,7 @@ class FakeJob:
             if s.error is not None and i == s.error_after:
                 raise s.error
             self.emitted.append(piece)
-            last = s.finish_on_last_piece and i == len(pieces) - 1
+            last = s.send_finish and s.finish_on_last_piece and i == len(pieces) - 1
             yield TokenEvent(
                 text=piece,
                 token_ids=(1000 + i,),
@@ -110,7 +111,7 @@ class FakeJob:
         if s.error is not None and s.error_after >= len(pieces):
             raise s.error
         self.finished = True
-        if not s.finish_on_last_piece or not pieces:
+        if s.send_finish and (not s.finish_on_last_piece or not pieces):
             yield TokenEvent(text="", finish_reason=reason, usage=self._usage(len(pieces)))
 
     def _usage(self, completion: int) -> Usage:
