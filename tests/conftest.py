@@ -35,7 +35,8 @@ class Script:
     pieces: list[str] | Callable[[GenerationRequest], list[str]] = field(
         default_factory=lambda: ["Hello", ",", " world", "!"]
     )
-    delay: float = 0.0
+    delay: float = 0.0  # before each piece
+    queue_delay: float = 0.0  # before PromptReady, as if waiting in the queue
     prompt_tokens: int = 12
     cached_tokens: int = 0
     prefill: tuple[tuple[int, int], ...] = ()
@@ -86,6 +87,10 @@ class FakeJob:
 
     async def __aiter__(self) -> AsyncIterator[EngineEvent]:
         s, sampling = self.script, self.request.sampling
+        if s.queue_delay:
+            await asyncio.sleep(s.queue_delay)
+        if self.cancelled:
+            return  # cancelled while queued: the worker ends the job with no event
         if s.prompt_error is not None:
             raise s.prompt_error
         yield PromptReady(prompt_tokens=s.prompt_tokens, cached_tokens=s.cached_tokens)

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Request
 from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from mlx_server.engine.base import Job
 from mlx_server.engine.errors import EngineError, ShuttingDownError
@@ -168,7 +169,14 @@ def _client_gone(completion_id: str, watcher: DisconnectWatcher, job: Job) -> Re
     watcher.stop()
     job.cancel()
     log.info("%s: client disconnected", completion_id)
-    return Response(status_code=499)  # nginx's "client closed request"; nobody reads it
+    return _NoResponse()
+
+
+class _NoResponse(Response):
+    """Nothing to send: the client is gone (and an ASGI 2.4 server would raise on send)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
 
 
 async def _stream(
@@ -178,7 +186,7 @@ async def _stream(
 
     An error after the headers went out becomes an error event followed by [DONE].
     """
-    ticking = sse.with_keepalive(pieces)
+    ticking = sse.with_keepalive(pieces, sse.KEEPALIVE_INTERVAL_S)
     try:
         yield sse.data(render.role_chunk(meta))
         async for piece in ticking:
@@ -195,6 +203,9 @@ async def _stream(
                 yield sse.data(render.delta_chunk(meta, piece))
         yield sse.DONE
     except Exception as exc:
+        if watcher.disconnected:  # the job was cancelled because nobody is listening
+            log.info("%s: client disconnected", meta.id)
+            return
         if isinstance(exc, EngineError):
             log.warning("%s: failed mid-stream: %s", meta.id, exc)
         else:
