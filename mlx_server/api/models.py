@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 
@@ -12,6 +13,18 @@ from .deps import get_engine, get_settings
 from .protocol import ModelCard, ModelList
 
 router = APIRouter()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _get(path: str) -> Callable[[F], F]:
+    """A GET route that also answers HEAD (kept out of the OpenAPI schema)."""
+
+    def register(endpoint: F) -> F:
+        router.add_api_route(path, endpoint, methods=["GET"])
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+        return endpoint
+
+    return register
 
 
 def _card(request: Request) -> ModelCard:
@@ -23,13 +36,13 @@ def _card(request: Request) -> ModelCard:
     )
 
 
-@router.api_route("/v1/models", methods=["GET", "HEAD"])
+@_get("/v1/models")
 async def list_models(request: Request) -> ModelList:
     """The one loaded model, in OpenAI's list shape."""
     return ModelList(data=[_card(request)])
 
 
-@router.api_route("/v1/models/{model_id:path}", methods=["GET", "HEAD"])
+@_get("/v1/models/{model_id:path}")
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     """The loaded model by id; any other id is a 404 `model_not_found`."""
     card = _card(request)
@@ -41,7 +54,7 @@ async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     return card
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+@_get("/health")
 async def health(request: Request) -> dict[str, Any]:
     """Liveness plus the engine's figures (queue depth, cache use, ...)."""
     engine = get_engine(request)
