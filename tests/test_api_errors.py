@@ -258,3 +258,15 @@ async def test_unexpected_exception_before_the_engine_is_a_500(client, engine, m
     monkeypatch.setattr(chat, "to_generation_request", broken)
     r = await client.post(URL, json=chat_body())
     assert_envelope(r, 500)
+
+
+async def test_a_validation_error_inside_the_server_is_a_500_not_a_400(client, monkeypatch):
+    from mlx_server.api import render
+    from mlx_server.api.protocol import UsageOut
+
+    def buggy(meta, collected):
+        return UsageOut(prompt_tokens="many")  # a server bug, not the client's fault
+
+    monkeypatch.setattr(render, "completion", buggy)
+    r = await client.post(URL, json=chat_body())
+    assert_envelope(r, 500)

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from pydantic_core import from_json
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
@@ -26,7 +27,7 @@ from mlx_server.engine.types import GenerationRequest
 
 from . import render, sse
 from .deps import get_engine, get_settings
-from .errors import ApiError, error_body
+from .errors import ApiError, error_body, invalid_body
 from .messages import has_images
 from .output import (
     Finish,
@@ -79,7 +80,10 @@ async def read_body(request: Request) -> ChatCompletionRequest:
         ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
-    return ChatCompletionRequest.model_validate(data)
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_body(exc) from None
 
 
 def splitter_for(request: GenerationRequest) -> TextSplitter:
@@ -97,8 +101,11 @@ class DisconnectWatcher:
         self._task = asyncio.create_task(self._watch())
 
     async def _watch(self) -> None:
-        while (await self._receive())["type"] != "http.disconnect":
-            pass
+        try:
+            while (await self._receive())["type"] != "http.disconnect":
+                pass
+        except Exception:  # a broken receive channel means the client is gone too
+            log.debug("receive failed; treating it as a disconnect", exc_info=True)
         self.disconnected = True
         self._job.cancel()
 

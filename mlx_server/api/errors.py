@@ -108,7 +108,7 @@ def error_status(exc: BaseException) -> tuple[int, ErrorDetail, dict[str, str]]:
         if isinstance(exc, ServerBusyError):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         return kind.status, detail, headers
-    if isinstance(exc, ValidationError | RequestValidationError):
+    if isinstance(exc, RequestValidationError):
         return 400, validation_detail(exc.errors()), {}
     if isinstance(exc, HTTPException):
         type_, code = HTTP_STATUS_ERRORS.get(exc.status_code, ("invalid_request_error", None))
@@ -148,6 +148,13 @@ def param_path(loc: tuple[Any, ...]) -> str | None:
         else:
             path += f".{part}" if path else part
     return path or None
+
+
+def invalid_body(exc: ValidationError) -> ApiError:
+    """A 400 for a request body that failed validation. (Any other pydantic ValidationError
+    is a server bug and stays a 500.)"""
+    detail = validation_detail(exc.errors())
+    return ApiError(400, detail.message, param=detail.param, code=detail.code)
 
 
 def validation_detail(errors: list[Any]) -> ErrorDetail:
@@ -209,7 +216,7 @@ async def _handle_http(request: Request, exc: Exception) -> Response:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the envelope handlers and the catch-all middleware on `app`."""
-    for exc_class in (ApiError, EngineError, ValidationError, RequestValidationError):
+    for exc_class in (ApiError, EngineError, RequestValidationError):
         app.add_exception_handler(exc_class, _handle)
     app.add_exception_handler(HTTPException, _handle_http)
     app.add_middleware(CatchAllMiddleware)
