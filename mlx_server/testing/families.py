@@ -57,10 +57,11 @@ DIMS: dict[tuple[str, str], Dims] = {
 def chat_template(arch: str) -> str:
     """The family's published chat template, verbatim.
 
-    Gemma 3: chat_template.json of google/gemma-3-4b-it (the same text is in transformers'
-    Gemma 3 processor tests). Qwen2-VL and Qwen2.5-VL share one template, the
-    chat_template.json of Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct; it has
-    no tool support upstream, and tools are rendered elsewhere.
+    Gemma 3: the chat_template.json of google/gemma-3-4b-it, as quoted in public code (an older
+    revision without the string-system branch is in transformers' Gemma 3 processor tests).
+    Qwen2-VL and Qwen2.5-VL share one template, the chat_template.json of
+    Qwen/Qwen2-VL-7B-Instruct and Qwen/Qwen2.5-VL-7B-Instruct; it has no tool support
+    upstream, so tools are rendered elsewhere.
     """
     name = "gemma3.jinja" if arch == "gemma3" else "qwen2_vl.jinja"
     return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")

@@ -45,17 +45,14 @@ def _init_value(name: str, shape: tuple[int, ...], rng: np.random.Generator) -> 
     return None
 
 
-def randomize(model: nn.Module, seed: int) -> int:
-    """Give every matrix a seeded random value; return the parameter count.
+def randomize(model: nn.Module, seed: int) -> None:
+    """Give every matrix and bias a seeded random value and make everything bf16.
 
     numpy's PCG64 generator makes the values identical on every platform.
     """
     rng = np.random.default_rng(seed)
-    params = tree_flatten(model.parameters())
     updated = []
-    total = 0
-    for name, value in params:
-        total += value.size
+    for name, value in tree_flatten(model.parameters()):
         fresh = _init_value(name, tuple(value.shape), rng)
         if fresh is not None:
             updated.append((name, mx.array(fresh).astype(mx.bfloat16)))
@@ -63,7 +60,6 @@ def randomize(model: nn.Module, seed: int) -> int:
             updated.append((name, value.astype(mx.bfloat16)))
     model.update(tree_unflatten(updated))
     mx.eval(model.parameters())
-    return total
 
 
 def gemma_norms(model: nn.Module) -> None:
