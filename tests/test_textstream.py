@@ -21,7 +21,7 @@ def test_detokenizer_never_splits_multibyte_characters():
 
 def test_detokenizer_flush_releases_incomplete_tail():
     det = IncrementalDetokenizer(decode)
-    out = "".join(det.add(b) for b in "ab".encode() + "日".encode()[:2])
+    out = "".join(det.add(b) for b in b"ab" + "日".encode()[:2])
     assert out == "ab"
     assert det.flush() == "\ufffd"
 

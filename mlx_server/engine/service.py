@@ -52,7 +52,12 @@ class MLXEngine:
         return self.worker.submit(request)
 
     def stats(self) -> dict[str, Any]:
-        return {"family": self.lm.family, "dtype": str(self.lm.dtype), **self.worker.stats()}
+        return {
+            "family": self.lm.family,
+            "dtype": str(self.lm.dtype).removeprefix("mlx.core."),
+            "context_length": self.lm.context_length,
+            **self.worker.stats(),
+        }
 
     def close(self) -> None:
         self.worker.close()

@@ -93,7 +93,10 @@ def test_one_and_two_images(server, client):
     text_only = ask(client, server, max_tokens=2).usage.prompt_tokens
 
     def with_images(n):
-        parts = [{"type": "image_url", "image_url": {"url": image_url((40 * i, 90, 200))}} for i in range(n)]
+        parts = [
+            {"type": "image_url", "image_url": {"url": image_url((40 * i, 90, 200))}}
+            for i in range(n)
+        ]
         parts.append({"type": "text", "text": "Say something."})
         return client.chat.completions.create(
             model=server.model_id,
@@ -211,9 +214,7 @@ def test_error_cases(server):
 
 
 def test_prompt_longer_than_context(server):
-    ctx = json.loads((server.model_dir / "config.json").read_text())["text_config"][
-        "max_position_embeddings"
-    ]
+    ctx = httpx.get(server.base_url + "/health").json()["context_length"]
     long = "lorem ipsum dolor sit amet " * (ctx // 2)
     r = post(server, {"model": server.model_id, "messages": [{"role": "user", "content": long}]})
     assert_error(r, 400, code="context_length_exceeded")
