@@ -24,6 +24,16 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-bits", type=int, choices=[0, 4, 8], help="KV cache bits (0 = off)")
     p.add_argument("--prefill-step-size", type=int, help="prompt tokens per prefill chunk")
     p.add_argument("--max-queue", type=int, help="requests that may wait before 429s")
+    p.add_argument(
+        "--no-prompt-cache",
+        dest="prompt_cache",
+        action="store_false",
+        default=None,
+        help="turn off KV prefix reuse across requests",
+    )
+    p.add_argument(
+        "--prompt-cache-bytes", type=int, help="byte budget of the prefix cache (default: RAM/5)"
+    )
     p.add_argument("--max-tokens-cap", type=int, help="refuse max_tokens above this")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
 
@@ -48,6 +58,8 @@ def build_settings(args: argparse.Namespace, base: Settings | None = None) -> Se
         dtype=args.dtype,
         prefill_step_size=args.prefill_step_size,
         max_queue=args.max_queue,
+        prompt_cache=args.prompt_cache,
+        prompt_cache_bytes=args.prompt_cache_bytes,
         max_tokens_cap=args.max_tokens_cap,
         log_level=args.log_level,
     )

@@ -1,4 +1,4 @@
-"""`GET /v1/models`, `GET /v1/models/{id}` and `GET /health`."""
+"""`GET /v1/models`, `GET /v1/models/{id}`, `GET /v1/cache` and `GET /health`."""
 
 from __future__ import annotations
 
@@ -59,3 +59,15 @@ async def health(request: Request) -> dict[str, Any]:
     """Liveness plus the engine's figures (queue depth, cache use, ...)."""
     engine = get_engine(request)
     return {**engine.stats(), "status": "ok", "model": get_settings(request).model_id}
+
+
+@_get("/v1/cache")
+async def cache_stats(request: Request) -> dict[str, Any]:
+    """The prompt (KV prefix) cache and vision-feature cache: entries, bytes, hit rates."""
+    stats = get_engine(request).stats()
+    return {
+        "object": "cache.stats",
+        "enabled": "prompt_cache" in stats,
+        "prompt_cache": stats.get("prompt_cache"),
+        "vision_cache": stats.get("vision_cache"),
+    }

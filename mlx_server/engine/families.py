@@ -8,6 +8,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from .prompt import PromptInputs
+
 
 @dataclass
 class Embedded:
@@ -19,23 +21,61 @@ class Embedded:
     rope_delta: int = 0
 
 
-class Family:
-    """Gemma-style: positions come from the cache offset; nothing extra to pass."""
+@dataclass(frozen=True)
+class MediaItem:
+    """One image of a prompt: its token span, a key (equal keys => equal vision features)
+    and the processor outputs for this item alone."""
 
-    def embed(self, model: nn.Module, token_ids: list[int], inputs: dict[str, Any]) -> Embedded:
+    start: int
+    end: int
+    key: str
+    inputs: dict[str, mx.array]
+
+
+class Family:
+    """Gemma-style: positions come from the cache offset; fixed-size images."""
+
+    def media_items(self, prompt: PromptInputs) -> list[MediaItem]:
+        pv = prompt.model_inputs.get("pixel_values")
+        return [
+            MediaItem(s, e, f"{h}:{tuple(pv.shape[1:])}", {"pixel_values": pv[i : i + 1]})
+            for i, (s, e, h) in enumerate(prompt.image_spans)
+        ]
+
+    def item_features(self, model: nn.Module, item: MediaItem) -> mx.array:
+        """The projected vision features of one item, as the language model consumes them."""
+        dtype = model.multi_modal_projector.mm_input_projection_weight.dtype
+        pv = item.inputs["pixel_values"].transpose(0, 2, 3, 1).astype(dtype)
+        hidden, _, _ = model.vision_tower(pv, output_hidden_states=True)
+        return model.multi_modal_projector(hidden)
+
+    def placeholder_features(self, model: nn.Module, item: MediaItem) -> mx.array:
+        """Zeros shaped like `item_features` (for media inside an already cached prefix)."""
+        dtype = model.multi_modal_projector.mm_input_projection_weight.dtype
+        hidden = model.config.text_config.hidden_size
+        return mx.zeros((1, item.end - item.start, hidden), dtype=dtype)
+
+    def _features_kwargs(self, features: list[mx.array] | None) -> dict[str, Any]:
+        if not features:
+            return {}
+        return {"cached_image_features": mx.concatenate(features, axis=0)}
+
+    def embed(
+        self,
+        model: nn.Module,
+        token_ids: list[int],
+        inputs: dict[str, Any],
+        features: list[mx.array] | None = None,
+    ) -> Embedded:
         ids = mx.array([token_ids])
         pixel_values = inputs.get("pixel_values")
         extra = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        extra.update(self._features_kwargs(features))
         out = model.get_input_embeddings(ids, pixel_values, mask=mx.ones(ids.shape), **extra)
         return Embedded(embeds=out.inputs_embeds)
 
     def forward(
-        self,
-        model: nn.Module,
-        cache: list[Any],
-        emb: Embedded,
-        start: int,
-        end: int,
+        self, model: nn.Module, cache: list[Any], emb: Embedded, start: int, end: int
     ) -> mx.array:
         """Run prompt positions [start, end) through the language model; returns logits."""
         lm = model.language_model
@@ -49,12 +89,36 @@ class Family:
 
 
 class QwenFamily(Family):
-    """Qwen2-VL / 2.5-VL: multimodal RoPE needs explicit (3, B, L) position ids."""
+    """Qwen2-VL / 2.5-VL: dynamic-resolution images; multimodal RoPE needs explicit
+    (3, B, L) position ids."""
 
-    def embed(self, model: nn.Module, token_ids: list[int], inputs: dict[str, Any]) -> Embedded:
+    def media_items(self, prompt: PromptInputs) -> list[MediaItem]:
+        pv = prompt.model_inputs.get("pixel_values")
+        grid = prompt.model_inputs.get("image_grid_thw")
+        items, row = [], 0
+        for i, (s, e, h) in enumerate(prompt.image_spans):
+            thw = tuple(int(x) for x in grid[i].tolist())
+            rows = thw[0] * thw[1] * thw[2]
+            inputs = {"pixel_values": pv[row : row + rows], "image_grid_thw": grid[i : i + 1]}
+            items.append(MediaItem(s, e, f"{h}:{thw}", inputs))
+            row += rows
+        return items
+
+    def item_features(self, model: nn.Module, item: MediaItem) -> mx.array:
+        dtype = model.vision_tower.patch_embed.proj.weight.dtype
+        pv = item.inputs["pixel_values"].astype(dtype)
+        return model.vision_tower(pv, item.inputs["image_grid_thw"], output_hidden_states=False)
+
+    def placeholder_features(self, model: nn.Module, item: MediaItem) -> mx.array:
+        dtype = model.vision_tower.patch_embed.proj.weight.dtype
+        hidden = model.config.text_config.hidden_size
+        return mx.zeros((item.end - item.start, hidden), dtype=dtype)
+
+    def embed(self, model, token_ids, inputs, features=None):
         ids = mx.array([token_ids])
         pixel_values = inputs.get("pixel_values")
         extra = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        extra.update(self._features_kwargs(features))
         out = model.get_input_embeddings(ids, pixel_values, **extra)
         pos = out.position_ids
         if pos is None or pos.ndim == 2:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import mlx.core as mx
+from mlx_vlm.models.cache import RotatingKVCache
 
 from .families import Embedded, Family
+from .prefix_cache import LayerState, snapshot_layer
 from .prompt import PromptInputs
 from .sampling import Sampler
 from .textstream import IncrementalDetokenizer, StopMatcher
@@ -21,6 +25,18 @@ from .types import (
     TopLogprob,
     Usage,
 )
+
+
+@dataclass
+class PrefixPlan:
+    """How a sequence starts: tokens already in its (restored) cache, prompt positions at
+    which to snapshot sliding-window layers, snapshots inherited from the cache entry, and
+    a thunk producing per-media vision features (from the vision cache or the tower)."""
+
+    cached_tokens: int = 0
+    checkpoints: tuple[int, ...] = ()
+    snapshots: dict[int, dict[int, LayerState]] = field(default_factory=dict)
+    features: Callable[[], list[mx.array]] | None = None
 
 
 class Generation:
@@ -39,8 +55,10 @@ class Generation:
         vocab_size: int,
         max_tokens: int,
         prefill_step: int,
-        cached_tokens: int = 0,
+        plan: PrefixPlan | None = None,
         matcher: Any = None,
+        on_close: Callable[[Generation, bool], None] | None = None,
+        cache_key: Any = None,
     ):
         self.request = request
         self.prompt = prompt
@@ -51,9 +69,13 @@ class Generation:
         self.eos_ids = frozenset(eos_ids)
         self.max_tokens = max_tokens
         self.prefill_step = max(1, prefill_step)
-        self.cached_tokens = cached_tokens
-        self.prefilled = cached_tokens
+        self.plan = plan or PrefixPlan()
+        self.cached_tokens = self.plan.cached_tokens
+        self.prefilled = self.cached_tokens
+        self.snapshots = dict(self.plan.snapshots)
         self.matcher = matcher
+        self.on_close = on_close
+        self.cache_key = cache_key  # prompt tokens with media markers, for the prefix cache
         params = request.sampling
         self.sampler = Sampler(params, vocab_size, prompt.token_ids)
         self.detok = IncrementalDetokenizer(
@@ -70,7 +92,9 @@ class Generation:
         self.first_token_at: float | None = None
 
     def close(self, cancelled: bool) -> None:
-        """Drop references to MLX state (the prefix cache will take the KV here)."""
+        """Hand the KV to the prefix cache (cancelled ones too: a retry resumes), then drop it."""
+        if self.on_close is not None and self.cache:
+            self.on_close(self, cancelled)
         self.cache = []
         self.emb = None
         self._pending = None
@@ -85,25 +109,43 @@ class Generation:
     # -- prefill -----------------------------------------------------------------
     def _prefill_chunk(self) -> list[EngineEvent]:
         if self.emb is None:
+            features = self.plan.features() if self.plan.features else None
             self.emb = self.family.embed(
-                self.model, self.prompt.token_ids, self.prompt.model_inputs
+                self.model, self.prompt.token_ids, self.prompt.model_inputs, features
             )
             self.rope_delta = self.emb.rope_delta
         last = self.prompt_len - 1
-        n = min(self.prefill_step, last - self.prefilled)
+        stop = min((c for c in self.plan.checkpoints if c > self.prefilled), default=last)
+        n = min(self.prefill_step, min(stop, last) - self.prefilled)
         if n > 0:
             self.family.forward(
                 self.model, self.cache, self.emb, self.prefilled, self.prefilled + n
             )
             mx.eval([c.state for c in self.cache])
             self.prefilled += n
+            self._checkpoint()
             return [PrefillProgress(done=self.prefilled, total=self.prompt_len)]
         logits = self.family.forward(self.model, self.cache, self.emb, last, last + 1)
         self.prefilled = self.prompt_len
+        self._checkpoint()
         self.emb = None  # the prompt embeddings are no longer needed
         self._pending = self._sample(logits)
         mx.async_eval(self._pending.token)
         return []
+
+    def _checkpoint(self) -> None:
+        """Snapshot the sliding-window layers at a planned position: they cannot be cut
+        back later, so this is the only way to reuse a prefix ending here."""
+        if self.prefilled in self.plan.checkpoints:
+            self.snapshots[self.prefilled] = {
+                i: snapshot_layer(c)
+                for i, c in enumerate(self.cache)
+                if isinstance(c, RotatingKVCache)
+            }
+
+    def cached_length(self) -> int:
+        """Tokens whose KV the live cache holds (prompt + fed-back generated tokens)."""
+        return min(int(c.offset) for c in self.cache) if self.cache else 0
 
     # -- decode ------------------------------------------------------------------
     def _sample(self, logits: mx.array):

@@ -34,6 +34,8 @@ class PromptInputs:
     images: tuple[ImageInput, ...]
     model_inputs: dict[str, Any] = field(default_factory=dict)  # pixel_values, image_grid_thw...
     image_spans: tuple[tuple[int, int, str], ...] = ()  # (start, end, sha256) per image
+    # Token positions worth a cache checkpoint inside the first turn (end of system text).
+    boundaries: tuple[int, ...] = ()
 
 
 def _join(a: tuple, b: tuple) -> tuple:
@@ -185,4 +187,21 @@ def build_prompt(
     model_inputs = {k: v if isinstance(v, mx.array) else mx.array(v) for k, v in out.items()}
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKENS[family])
     spans = image_spans(ids, image_id, images) if images else ()
-    return PromptInputs(text, ids, images, model_inputs, spans)
+    bounds = _system_boundary(tokenizer, text, ids, messages)
+    return PromptInputs(text, ids, images, model_inputs, spans, bounds)
+
+
+def _system_boundary(
+    tokenizer: Any, text: str, ids: list[int], messages: tuple[Message, ...]
+) -> tuple[int, ...]:
+    """Token position right after the system text, when tokenisation splits cleanly there:
+    requests sharing a system prompt but asking something else can reuse up to it."""
+    system = next((m.text.strip() for m in messages if m.role == "system" and m.text), "")
+    at = text.find(system) if system else -1
+    if at < 0:
+        return ()
+    end = at + len(system)
+    while text.startswith("\n", end):
+        end += 1
+    prefix = tokenizer(text[:end], add_special_tokens=False)["input_ids"]
+    return (len(prefix),) if 0 < len(prefix) < len(ids) and ids[: len(prefix)] == prefix else ()

@@ -5,16 +5,23 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from mlx_vlm.models.cache import KVCache, QuantizedKVCache
+import mlx.core as mx
+import numpy as np
+from mlx_vlm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
 from .errors import ContextLengthExceededError
-from .families import FAMILY_IMPLS
-from .generate import Generation
+from .families import FAMILY_IMPLS, MediaItem
+from .generate import Generation, PrefixPlan
 from .loader import LoadedModel
-from .prompt import build_prompt
+from .prefix_cache import PrefixCache, cache_key, snapshot_layer
+from .prompt import PromptInputs, build_prompt
 from .types import EngineEvent, GenerationRequest, PromptReady
+from .vision_cache import VisionFeatureCache
 
 log = logging.getLogger("mlx_server.engine")
+
+TURN_START = {"gemma3": "<start_of_turn>", "qwen2_vl": "<|im_start|>", "qwen2_5_vl": "<|im_start|>"}
+MAX_TURN_CHECKPOINTS = 3
 
 
 def make_cache(language_model: Any, kv_bits: int | None, group_size: int) -> list[Any]:
@@ -43,6 +50,8 @@ class MLXRunner:
         kv_group_size: int = 64,
         prefill_step: int = 256,
         constraints: Any = None,
+        prefix_cache: PrefixCache | None = None,
+        vision_cache: VisionFeatureCache | None = None,
     ):
         self.lm = lm
         self.family = FAMILY_IMPLS[lm.family]
@@ -50,37 +59,115 @@ class MLXRunner:
         self.kv_group_size = kv_group_size
         self.prefill_step = prefill_step
         self.constraints = constraints
+        self.prefix_cache = prefix_cache
+        self.vision_cache = vision_cache
+        self._windowed = any(isinstance(c, RotatingKVCache) for c in self._fresh_cache())
+
+    def _fresh_cache(self) -> list[Any]:
+        return make_cache(self.lm.model.language_model, self.kv_bits, self.kv_group_size)
+
+    def _check_length(self, n: int, wanted: int | None) -> int:
+        ctx = self.lm.context_length
+        if n >= ctx or (wanted is not None and n + wanted > ctx):
+            asked = f" + {wanted} completion tokens" if wanted is not None else ""
+            raise ContextLengthExceededError(
+                f"this model's maximum context length is {ctx} tokens, "
+                f"but the request needs {n} prompt tokens{asked}",
+                param="messages",
+            )
+        return wanted if wanted is not None else ctx - n
 
     def start(self, request: GenerationRequest) -> tuple[Generation, list[EngineEvent]]:
         lm = self.lm
         prompt = build_prompt(lm.processor, lm.family, request.messages, request.tools)
         n = len(prompt.token_ids)
-        wanted = request.sampling.max_tokens
-        if n >= lm.context_length or (wanted is not None and n + wanted > lm.context_length):
-            asked = f" + {wanted} completion tokens" if wanted is not None else ""
-            raise ContextLengthExceededError(
-                f"this model's maximum context length is {lm.context_length} tokens, "
-                f"but the request needs {n} prompt tokens{asked}",
-                param="messages",
-            )
-        max_tokens = wanted if wanted is not None else lm.context_length - n
+        max_tokens = self._check_length(n, request.sampling.max_tokens)
         matcher = None
         if request.constraint is not None:
             matcher = self.constraints.start(request.constraint)
+        items = self.family.media_items(prompt) if prompt.image_spans else []
+        key = cache_key(prompt.token_ids, [(it.start, it.end, it.key) for it in items])
+        cache, plan = self._plan(prompt, items, key)
         gen = Generation(
             request=request,
             prompt=prompt,
             model=lm.model,
             family=self.family,
             tokenizer=lm.tokenizer,
-            cache=make_cache(lm.model.language_model, self.kv_bits, self.kv_group_size),
+            cache=cache,
             eos_ids=lm.eos_token_ids,
             vocab_size=lm.vocab_size,
             max_tokens=max_tokens,
             prefill_step=self.prefill_step,
+            plan=plan,
             matcher=matcher,
+            on_close=self._store if self.prefix_cache is not None else None,
+            cache_key=key,
         )
-        return gen, [PromptReady(prompt_tokens=n, cached_tokens=0)]
+        return gen, [PromptReady(prompt_tokens=n, cached_tokens=plan.cached_tokens)]
+
+    def _plan(
+        self, prompt: PromptInputs, items: list[MediaItem], key: np.ndarray
+    ) -> tuple[list[Any], PrefixPlan]:
+        """Restore the longest cached prefix and plan checkpoints for the rest."""
+        n = len(prompt.token_ids)
+        cache, cached, inherited = None, 0, {}
+        if self.prefix_cache is not None:
+            match = self.prefix_cache.lookup(key, limit=n - 1)
+            if match is not None:
+                cached = match.length
+                cache = match.entry.restore(cached)
+                inherited = {c: s for c, s in match.entry.checkpoints.items() if c <= cached}
+        use_checkpoints = self._windowed and self.prefix_cache is not None
+        checkpoints = self._checkpoints(prompt, items) if use_checkpoints else ()
+        plan = PrefixPlan(
+            cached_tokens=cached,
+            checkpoints=tuple(c for c in checkpoints if c > cached),
+            snapshots=inherited,
+            features=(lambda: [self._features(it, cached) for it in items]) if items else None,
+        )
+        return cache if cache is not None else self._fresh_cache(), plan
+
+    def _checkpoints(self, prompt: PromptInputs, items: list[MediaItem]) -> tuple[int, ...]:
+        """Where sliding-window layers get snapshots: after the system text, after each
+        image, at the last few turn starts and at the end of the prompt."""
+        ids = prompt.token_ids
+        tok = self.lm.tokenizer
+        turn = tok.convert_tokens_to_ids(TURN_START[self.lm.family])
+        turns = [i for i, t in enumerate(ids) if t == turn and i > 0][-MAX_TURN_CHECKPOINTS:]
+        ends = [it.end + 1 if it.end < len(ids) else it.end for it in items]
+        return tuple(sorted({*prompt.boundaries, *ends, *turns, len(ids)}))
+
+    def _features(self, item: MediaItem, cached: int) -> mx.array:
+        vc = self.vision_cache
+        found = vc.get(item.key) if vc is not None else None
+        if found is not None:
+            return found
+        if item.end <= cached:
+            # Inside the reused prefix: the values are never read, only their shape.
+            return self.family.placeholder_features(self.lm.model, item)
+        features = self.family.item_features(self.lm.model, item)
+        mx.eval(features)
+        if vc is not None:
+            vc.put(item.key, features)
+        return features
+
+    def _store(self, gen: Generation, cancelled: bool) -> None:
+        """Put what the sequence computed into the prefix cache."""
+        n = gen.cached_length()
+        if n <= 0:
+            return
+        key = np.concatenate([gen.cache_key, np.asarray(gen.generated, dtype=np.int64)])[:n]
+        layers = [snapshot_layer(c) for c in gen.cache]
+        self.prefix_cache.insert(key, layers, gen.snapshots)
 
     def step(self, seqs: list[Generation]) -> dict[Generation, list[EngineEvent]]:
         return {seq: seq.advance() for seq in seqs}
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.prefix_cache is not None:
+            out["prompt_cache"] = self.prefix_cache.stats()
+        if self.vision_cache is not None:
+            out["vision_cache"] = self.vision_cache.stats()
+        return out
