@@ -214,7 +214,11 @@ class ConstraintMatcher:
         """Tokens the grammar forces next (may be empty); feed each through `advance`."""
         if self._ll.is_stopped():
             return []
-        return [t for t in self._ll.compute_ff_tokens() if t < self._vocab and self._base_bit(t)]
+        forced = self._ll.compute_ff_tokens()
+        for i, token in enumerate(forced):
+            if token >= self._vocab or not self._base_bit(token):
+                return forced[:i]  # the rest would follow a token we never allow
+        return forced
 
     def _bit(self, token_id: int) -> bool:
         if self._fresh:
