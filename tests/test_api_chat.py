@@ -266,7 +266,7 @@ async def test_tool_call_deltas_render_in_both_modes(client, engine, monkeypatch
         def finish(self):
             return [ToolCallDelta(1, "call_b", "put", "{}")]
 
-    monkeypatch.setattr(chat, "splitter_for", lambda gen: ScriptedSplitter())
+    monkeypatch.setattr(chat, "splitter_for", lambda gen, family: ScriptedSplitter())
     whole = (await client.post(URL, json=chat_body())).json()["choices"][0]
     assert whole["finish_reason"] == "tool_calls"
     assert whole["message"] == {

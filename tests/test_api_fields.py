@@ -38,17 +38,28 @@ HONOURED = {
     "logprobs": (True, "sampling.logprobs", True),
     "top_logprobs": (3, "sampling.top_logprobs", 3),
     "logit_bias": ({"50": 5, "7": -100}, "sampling.logit_bias", ((7, -100.0), (50, 5.0))),
+    "tools": (
+        [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tools.0.name",
+        "f",
+    ),
+    "tool_choice": ({"type": "function", "function": {"name": "f"}}, "tool_name", "f"),
+    "parallel_tool_calls": (False, "parallel_tool_calls", False),
+    "response_format": ({"type": "json_object"}, "constraint.kind", "json"),
+}
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+# Fields an honoured field needs beside it to make sense.
+NEEDS = {
+    "top_logprobs": {"logprobs": True},
+    "tool_choice": {"tools": TOOLS},
+    "parallel_tool_calls": {"tools": TOOLS},
 }
 
 # Refused field -> a value that asks for the unsupported feature.
 REFUSED = {
     "n": 2,
-    "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
-    "tool_choice": "auto",
-    "parallel_tool_calls": False,
     "functions": [{"name": "f"}],
     "function_call": "auto",
-    "response_format": {"type": "json_object"},
     "chat_template_kwargs": {"enable_thinking": True},
     "audio": {"voice": "alloy", "format": "wav"},
     "modalities": ["text", "audio"],
@@ -66,7 +77,7 @@ IGNORED = {
 
 def _get(obj, path: str):
     for name in path.split("."):
-        obj = getattr(obj, name)
+        obj = obj[int(name)] if name.isdigit() else getattr(obj, name)
     return obj
 
 
@@ -90,7 +101,7 @@ def test_fields_md_mirrors_the_table():
 @pytest.mark.parametrize("name", sorted(HONOURED))
 async def test_honoured_field_reaches_the_engine(client, engine, name):
     value, path, expected = HONOURED[name]
-    extra = {"logprobs": True} if name == "top_logprobs" else {}
+    extra = NEEDS.get(name, {})
     r = await client.post("/v1/chat/completions", json=chat_body(**{name: value}, **extra))
     assert r.status_code == 200, r.text
     if path is not None and expected is not None:

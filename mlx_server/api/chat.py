@@ -24,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from mlx_server.engine.base import Job
 from mlx_server.engine.errors import EngineError, ShuttingDownError
 from mlx_server.engine.types import GenerationRequest
+from mlx_server.tools import ToolStreamSplitter, format_for
 
 from . import render, sse
 from .deps import get_engine, get_settings
@@ -86,9 +87,11 @@ async def read_body(request: Request) -> ChatCompletionRequest:
         raise invalid_body(exc) from None
 
 
-def splitter_for(request: GenerationRequest) -> TextSplitter:
-    """Today all text is content; with tools this picks the family's tool-call splitter."""
-    return PassthroughSplitter()
+def splitter_for(request: GenerationRequest, family: str) -> TextSplitter:
+    """The family's tool-call splitter when tools are offered; otherwise all text is content."""
+    if not request.tools:
+        return PassthroughSplitter()
+    return ToolStreamSplitter(format_for(family), request.tools)
 
 
 class DisconnectWatcher:
@@ -126,7 +129,8 @@ async def _start(
             if watcher.disconnected:
                 return job, watcher, None
             raise ShuttingDownError("the request ended before it started")
-        return job, watcher, output_pieces(first, events, splitter_for(gen))
+        splitter = splitter_for(gen, get_engine(request).info.family)
+        return job, watcher, output_pieces(first, events, splitter)
     except BaseException:
         watcher.stop()
         job.cancel()

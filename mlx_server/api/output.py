@@ -1,8 +1,9 @@
 """The one consumer of an engine job: engine events in, output pieces out.
 
 Streaming writes the pieces as SSE chunks; non-streaming collects them (`collect`), so both
-modes share this path. Engine text passes through a splitter before it becomes output: today
-`PassthroughSplitter`; with tools, a splitter that turns tool-call markup into ToolCallDelta.
+modes share this path. Engine text passes through a splitter before it becomes output:
+`PassthroughSplitter`, or with tools the family's ToolStreamSplitter, which turns tool-call
+markup into ToolCallDelta and holds back partial markers.
 """
 
 from __future__ import annotations
@@ -20,25 +21,7 @@ from mlx_server.engine.types import (
     TokenLogprob,
     Usage,
 )
-
-
-@dataclass(frozen=True)
-class ContentDelta:
-    """A piece of ordinary answer text."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class ToolCallDelta:
-    """A piece of one tool call, like OpenAI's streamed `tool_calls[i]`: the first delta of
-    a call carries `id` and `name`, later ones only `arguments` fragments."""
-
-    index: int
-    id: str | None
-    name: str | None
-    arguments: str
-
+from mlx_server.tools import ContentDelta, ToolCallDelta
 
 SplitEvent = ContentDelta | ToolCallDelta
 

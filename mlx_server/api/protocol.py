@@ -54,6 +54,31 @@ class ChatMessage(BaseModel):
     tool_call_id: str | None = None
 
 
+class FunctionDef(BaseModel):
+    model_config = _STRICT
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefIn(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(BaseModel):
+    model_config = _STRICT
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = _STRICT
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class StreamOptions(BaseModel):
     model_config = _STRICT
     include_usage: bool = False
@@ -90,9 +115,9 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[str, Any] | None = None  # values checked in requests.py, naming the key
     # Refused unless they mean "off" (see requests.FIELD_POLICIES).
     n: int | None = Field(None, ge=1)
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    parallel_tool_calls: Any = None
+    tools: list[ToolDefIn] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     functions: Any = None
     function_call: Any = None
     response_format: dict[str, Any] | None = None

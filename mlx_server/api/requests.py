@@ -20,6 +20,7 @@ from mlx_server.engine.types import GenerationRequest, SamplingParams
 from .media import decode_image_url
 from .messages import ImageDecoder, convert_messages
 from .protocol import ChatCompletionRequest
+from .tooling import tool_fields
 
 log = logging.getLogger("mlx_server.api")
 
@@ -89,18 +90,28 @@ FIELD_POLICIES: tuple[FieldPolicy, ...] = (
     FieldPolicy("top_logprobs", HONOURED, "0 to 20; needs `logprobs: true`"),
     FieldPolicy("logit_bias", HONOURED, "token-id keys, values -100 to 100"),
     FieldPolicy("n", REFUSED, "one choice per request (`n: 1`)", accepts=lambda v: v == 1),
-    FieldPolicy("tools", REFUSED, "tool calling is not supported yet"),
-    FieldPolicy("tool_choice", REFUSED, "tool calling is not supported yet"),
-    FieldPolicy("parallel_tool_calls", REFUSED, "tool calling is not supported yet"),
-    FieldPolicy("functions", REFUSED, "deprecated by OpenAI; tool calling is not supported yet"),
     FieldPolicy(
-        "function_call", REFUSED, "deprecated by OpenAI; tool calling is not supported yet"
+        "tools",
+        HONOURED,
+        "functions (name, description, JSON-schema parameters) offered in the model's own "
+        "tool format (Gemma 3 ```tool_code```, Qwen `<tool_call>`); calls come back as `tool_calls`",
     ),
     FieldPolicy(
+        "tool_choice",
+        HONOURED,
+        "`auto`, `none` (tools not offered, nothing parsed), `required` or a named function: "
+        "the last two are enforced by constrained decoding, arguments valid against the schema",
+    ),
+    FieldPolicy(
+        "parallel_tool_calls", HONOURED, "false: a forced call is exactly one call; default true"
+    ),
+    FieldPolicy("functions", REFUSED, "deprecated by OpenAI; use `tools`"),
+    FieldPolicy("function_call", REFUSED, "deprecated by OpenAI; use `tool_choice`"),
+    FieldPolicy(
         "response_format",
-        REFUSED,
-        'structured output is not supported yet; `{"type": "text"}` is accepted',
-        accepts=lambda v: v == {"type": "text"},
+        HONOURED,
+        "`text`, `json_object` or `json_schema`, enforced by constrained decoding; an "
+        "unsupported or invalid schema is a 400 naming the problem",
     ),
     FieldPolicy(
         "chat_template_kwargs", REFUSED, "clients never override the chat template's controls"
@@ -253,5 +264,15 @@ def to_generation_request(
     _check_model(body, settings)
     _apply_policies(body, request_id)
     sampling = _sampling(body, settings)
+    tools = tool_fields(body)
     messages = convert_messages(body.messages, decode_image)
-    return GenerationRequest(request_id=request_id, messages=messages, sampling=sampling)
+    return GenerationRequest(
+        request_id=request_id,
+        messages=messages,
+        sampling=sampling,
+        tools=tools.tools,
+        constraint=tools.constraint,
+        tool_choice=tools.choice,
+        tool_name=tools.name,
+        parallel_tool_calls=tools.parallel,
+    )

@@ -149,8 +149,10 @@ class Generation:
 
     # -- decode ------------------------------------------------------------------
     def _sample(self, logits: mx.array):
-        mask = self.matcher.mask() if self.matcher is not None else None
-        return self.sampler.sample(logits[0, -1], mask)
+        logits = logits[0, -1]
+        if self.matcher is not None:
+            logits = self.matcher.apply(logits)
+        return self.sampler.sample(logits)
 
     def _launch_next(self, token: mx.array) -> Any:
         offset = self.prompt_len + len(self.generated)

@@ -9,13 +9,15 @@ import mlx.core as mx
 import numpy as np
 from mlx_vlm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
-from .errors import ContextLengthExceededError
+from ..tools import format_for
+from .constraint_spec import constraint_for_grammar
+from .errors import ContextLengthExceededError, InvalidRequestError
 from .families import FAMILY_IMPLS, MediaItem
 from .generate import Generation, PrefixPlan
 from .loader import LoadedModel
 from .prefix_cache import PrefixCache, cache_key, snapshot_layer
 from .prompt import PromptInputs, build_prompt
-from .types import EngineEvent, GenerationRequest, PromptReady
+from .types import Constraint, EngineEvent, GenerationRequest, PromptReady
 from .vision_cache import VisionFeatureCache
 
 log = logging.getLogger("mlx_server.engine")
@@ -82,9 +84,8 @@ class MLXRunner:
         prompt = build_prompt(lm.processor, lm.family, request.messages, request.tools)
         n = len(prompt.token_ids)
         max_tokens = self._check_length(n, request.sampling.max_tokens)
-        matcher = None
-        if request.constraint is not None:
-            matcher = self.constraints.start(request.constraint)
+        constraint = self._constraint(request)
+        matcher = self.constraints.start(constraint) if constraint is not None else None
         items = self.family.media_items(prompt) if prompt.image_spans else []
         key = cache_key(prompt.token_ids, [(it.start, it.end, it.key) for it in items])
         cache, plan = self._plan(prompt, items, key)
@@ -105,6 +106,25 @@ class MLXRunner:
             cache_key=key,
         )
         return gen, [PromptReady(prompt_tokens=n, cached_tokens=plan.cached_tokens)]
+
+    def _constraint(self, request: GenerationRequest) -> Constraint | None:
+        """response_format's constraint, or the grammar of a forced tool call in the
+        family's own format (arguments valid against the tool's schema)."""
+        if request.tool_choice not in ("required", "function"):
+            return request.constraint
+        fmt = format_for(self.lm.family)
+        tok = self.lm.tokenizer
+        markers = fmt.marker_tokens(lambda s: tok.encode(s, add_special_tokens=False))
+        try:
+            grammar = fmt.grammar(
+                request.tools,
+                choice=request.tool_name,
+                parallel=request.parallel_tool_calls,
+                marker_tokens=markers,
+            )
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), param="tools") from exc
+        return constraint_for_grammar(grammar, kind="tool_call", param="tools")
 
     def _plan(
         self, prompt: PromptInputs, items: list[MediaItem], key: np.ndarray

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..config import Settings
+from .constraints import ConstraintCompiler
 from .loader import LoadedModel, load_model
 from .prefix_cache import PrefixCache
 from .runner import MLXRunner
@@ -34,6 +35,9 @@ class MLXEngine:
             kv_bits=settings.kv_bits,
             kv_group_size=settings.kv_group_size,
             prefill_step=settings.prefill_step_size,
+            constraints=ConstraintCompiler(
+                lm.tokenizer, stop_token_ids=lm.eos_token_ids, vocab_size=lm.vocab_size
+            ),
             prefix_cache=PrefixCache(budget) if settings.prompt_cache else None,
             vision_cache=VisionFeatureCache(max(64 << 20, budget // 8)),
         )

@@ -112,13 +112,26 @@ class Constraint:
     kind: Literal["json", "tool_call", "grammar"] = "grammar"
 
 
+ToolChoice = Literal["auto", "none", "required", "function"]
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
+    """One chat request as the engine sees it.
+
+    `tools` are offered to the model (empty when tool_choice is "none"). With tool_choice
+    "required" (any tool) or "function" (`tool_name`), the engine forces a well-formed call
+    by constrained decoding; `constraint` is any other constraint (response_format).
+    """
+
     request_id: str
     messages: tuple[Message, ...]
     sampling: SamplingParams = SamplingParams()
     tools: tuple[ToolSpec, ...] = ()
     constraint: Constraint | None = None
+    tool_choice: ToolChoice = "auto"
+    tool_name: str | None = None
+    parallel_tool_calls: bool = True
 
 
 @dataclass(frozen=True)
