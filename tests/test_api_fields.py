@@ -246,3 +246,10 @@ async def test_model_must_be_the_served_name(client, engine, settings):
     r = await client.post("/v1/chat/completions", json=chat_body(model="alias"))
     assert r.status_code == 200
     assert r.json()["model"] == "alias"
+
+
+def test_readme_mirrors_the_table():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    start = text.index("<!-- fields-table -->\n") + len("<!-- fields-table -->\n")
+    end = text.index("<!-- /fields-table -->")
+    assert text[start:end] == render_policy_table()
