@@ -87,6 +87,17 @@ class Family:
         """New token(s) at cache position `offset`; returns (1, n, V) logits."""
         return model.language_model(tokens.reshape(1, -1), cache=cache).logits
 
+    def decode_batch(
+        self,
+        model: nn.Module,
+        cache: list[Any],
+        tokens: mx.array,
+        offsets: list[int],
+        rope_deltas: list[int],
+    ) -> mx.array:
+        """One token per row with batched caches (positions follow each row's offset)."""
+        return model.language_model(tokens.reshape(-1, 1), cache=cache).logits
+
 
 class QwenFamily(Family):
     """Qwen2-VL / 2.5-VL: dynamic-resolution images; multimodal RoPE needs explicit
@@ -136,6 +147,11 @@ class QwenFamily(Family):
             cache=cache,
             position_ids=emb.positions[:, :, start:end],
         ).logits
+
+    def decode_batch(self, model, cache, tokens, offsets, rope_deltas):
+        pos = mx.array([o + d for o, d in zip(offsets, rope_deltas)])
+        pos = mx.broadcast_to(pos[None, :, None], (3, len(offsets), 1))
+        return model.language_model(tokens.reshape(-1, 1), cache=cache, position_ids=pos).logits
 
     def decode(self, model, cache, tokens, offset, rope_delta: int = 0):
         n = tokens.size

@@ -76,6 +76,7 @@ class Generation:
         self.matcher = matcher
         self.on_close = on_close
         self.cache_key = cache_key  # prompt tokens with media markers, for the prefix cache
+        self.batch: Any = None  # the DecodeBatch holding this sequence's KV rows, if any
         params = request.sampling
         self.sampler = Sampler(params, vocab_size, prompt.token_ids)
         self.detok = IncrementalDetokenizer(
@@ -93,6 +94,8 @@ class Generation:
 
     def close(self, cancelled: bool) -> None:
         """Hand the KV to the prefix cache (cancelled ones too: a retry resumes), then drop it."""
+        if self.batch is not None:
+            self.cache = self.batch.leave(self)
         if self.on_close is not None and self.cache:
             self.on_close(self, cancelled)
         self.cache = []
@@ -148,11 +151,32 @@ class Generation:
         return min(int(c.offset) for c in self.cache) if self.cache else 0
 
     # -- decode ------------------------------------------------------------------
-    def _sample(self, logits: mx.array):
-        logits = logits[0, -1]
+    @property
+    def decoding(self) -> bool:
+        """Prefill is done and the next token is sampled (maybe still computing)."""
+        return not self.finished and self._pending is not None
+
+    @property
+    def pending(self) -> Any:
+        return self._pending
+
+    @pending.setter
+    def pending(self, value: Any) -> None:
+        self._pending = value
+
+    @property
+    def position(self) -> int:
+        """Cache position of the next token fed to the model."""
+        return self.prompt_len + len(self.generated)
+
+    def sample_row(self, logits: mx.array) -> Any:
+        """Sample this sequence's next token from its (V,) logits row (lazily)."""
         if self.matcher is not None:
             logits = self.matcher.apply(logits)
         return self.sampler.sample(logits)
+
+    def _sample(self, logits: mx.array):
+        return self.sample_row(logits[0, -1])
 
     def _launch_next(self, token: mx.array) -> Any:
         offset = self.prompt_len + len(self.generated)
@@ -161,7 +185,12 @@ class Generation:
         mx.async_eval(nxt.token)
         return nxt
 
+    def prefill_chunk(self) -> list[EngineEvent]:
+        """One prefill chunk (the last one also samples the first token)."""
+        return self._prefill_chunk()
+
     def advance(self) -> list[EngineEvent]:
+        """Solo stepping: a prefill chunk, or one decode step on this sequence's own cache."""
         if self.finished:
             return []
         if self.prefilled < self.prompt_len:
@@ -173,16 +202,17 @@ class Generation:
         # computes while Python turns this token into text.
         nxt = self._launch_next(current.token) if self.matcher is None else None
         token = int(current.token.item())
-        if self.first_token_at is None:
-            self.first_token_at = time.perf_counter()
-        event = self._accept(token, current)
+        event = self.accept(token, current)
         if not self.finished:
             if self.matcher is not None:
                 nxt = self._launch_next(current.token)
             self._pending = nxt
         return [event]
 
-    def _accept(self, token: int, sample: Any) -> TokenEvent:
+    def accept(self, token: int, sample: Any) -> TokenEvent:
+        """Take the sampled token: text (stop strings applied), finish checks, logprobs."""
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
         self.generated.append(token)
         logprobs = self._logprobs(token, sample.logprobs)
         reason: FinishReason | None = None

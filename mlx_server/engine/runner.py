@@ -10,6 +10,7 @@ import numpy as np
 from mlx_vlm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
 from ..tools import format_for
+from .batch import DecodeBatch
 from .constraint_spec import constraint_for_grammar
 from .errors import ContextLengthExceededError, InvalidRequestError
 from .families import FAMILY_IMPLS, MediaItem
@@ -64,6 +65,8 @@ class MLXRunner:
         self.prefix_cache = prefix_cache
         self.vision_cache = vision_cache
         self._windowed = any(isinstance(c, RotatingKVCache) for c in self._fresh_cache())
+        self.batch = DecodeBatch(lm.model, self.family)
+        self._turn = 0  # round-robin over sequences still prefilling
 
     def _fresh_cache(self) -> list[Any]:
         return make_cache(self.lm.model.language_model, self.kv_bits, self.kv_group_size)
@@ -182,7 +185,21 @@ class MLXRunner:
         self.prefix_cache.insert(key, layers, gen.snapshots)
 
     def step(self, seqs: list[Generation]) -> dict[Generation, list[EngineEvent]]:
-        return {seq: seq.advance() for seq in seqs}
+        """One prefill chunk for one waiting prompt (round-robin), then one batched decode
+        step for every decoding sequence: long prompts never freeze the running streams."""
+        out: dict[Generation, list[EngineEvent]] = {s: [] for s in seqs}
+        waiting = [s for s in seqs if not s.finished and not s.decoding and s.batch is None]
+        if waiting:
+            seq = waiting[self._turn % len(waiting)]
+            self._turn += 1
+            out[seq] += seq.prefill_chunk()
+        for seq in seqs:
+            if seq.decoding and seq.batch is None:
+                self.batch.join(seq)
+        if len(self.batch):
+            for seq, events in self.batch.step().items():
+                out[seq] += events
+        return out
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
