@@ -8,6 +8,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
+from .qwen_video import merge_features, video_positions
+
 
 @dataclass
 class Embedded:
@@ -53,6 +55,10 @@ class QwenFamily(Family):
 
     def embed(self, model: nn.Module, token_ids: list[int], inputs: dict[str, Any]) -> Embedded:
         ids = mx.array([token_ids])
+        if "pixel_values_videos" in inputs:  # mlx-vlm's path handles images or videos, not both
+            positions, delta = video_positions(model, token_ids, inputs)
+            embeds = merge_features(model, ids, inputs)
+            return Embedded(embeds=embeds, positions=positions, rope_delta=delta)
         pixel_values = inputs.get("pixel_values")
         extra = {k: v for k, v in inputs.items() if k != "pixel_values"}
         out = model.get_input_embeddings(ids, pixel_values, **extra)

@@ -53,7 +53,9 @@ class MLXRunner:
 
     def start(self, request: GenerationRequest) -> tuple[Generation, list[EngineEvent]]:
         lm = self.lm
-        prompt = build_prompt(lm.processor, lm.family, request.messages, request.tools)
+        prompt = build_prompt(
+            lm.processor, lm.family, request.messages, request.tools, request.mm_processor_kwargs
+        )
         n = len(prompt.token_ids)
         wanted = request.sampling.max_tokens
         if n >= lm.context_length or (wanted is not None and n + wanted > lm.context_length):
