@@ -38,6 +38,11 @@ HONOURED = {
     "logprobs": (True, "sampling.logprobs", True),
     "top_logprobs": (3, "sampling.top_logprobs", 3),
     "logit_bias": ({"50": 5, "7": -100}, "sampling.logit_bias", ((7, -100.0), (50, 5.0))),
+    "mm_processor_kwargs": (
+        {"max_pixels": 50176, "min_pixels": 3136, "fps": 1},
+        "mm_processor_kwargs",
+        (("max_pixels", 50176), ("min_pixels", 3136)),
+    ),
 }
 
 # Refused field -> a value that asks for the unsupported feature.
