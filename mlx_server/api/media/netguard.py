@@ -38,10 +38,9 @@ def non_public_reason(address: str) -> str | None:
     """Why `address` is not a public unicast address ("loopback", "private", ...), or None."""
     ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
     inner = _embedded_ipv4(ip)
-    if inner is not None:
+    if inner is not None:  # the IPv4 address decides; the IPv6 wrapper is only transport
         reason = non_public_reason(str(inner))
-        if reason is not None:
-            return f"{reason} (as {ip})"
+        return None if reason is None else f"{reason} (as {ip})"
     for name in (
         "unspecified",
         "loopback",
