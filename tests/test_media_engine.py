@@ -139,3 +139,10 @@ def test_qwen_honours_pixel_limits_and_gemma_refuses_them(loaded):
     with pytest.raises(InvalidRequestError) as err:
         build_prompt(gemma.processor, "gemma3", msgs, (), (("max_pixels", 3136),))
     assert err.value.param == "mm_processor_kwargs" and "max_pixels" in err.value.message
+
+
+def test_media_the_processor_cannot_handle_is_a_400(loaded):
+    lm = loaded("qwen2_5_vl")
+    tiny = VideoPart(tuple(img((i, 0, 0), (8, 8)) for i in range(2)), fps=2.0)  # < one patch
+    with pytest.raises(InvalidRequestError, match="processor cannot handle"):
+        build_prompt(lm.processor, "qwen2_5_vl", (Message("user", (tiny,)),))
