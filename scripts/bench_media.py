@@ -169,7 +169,8 @@ def start_local_server(
     port, model = _free_port(), f"{size}-{arch}"
     cmd = [sys.executable, "-m", "mlx_server", "serve", "--model", str(model_dir)]
     cmd += ["--port", str(port), "--served-model-name", model, "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    with log.open("w") as out:  # the child keeps its own handle
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

@@ -37,19 +37,32 @@ class HttpFetcher:
         self.timeout = timeout
         self.allow_private = allow_private
         self._resolve = resolver
-        # No proxies from the environment (they would bypass the address checks) and no
-        # kept-alive connections (one pinned to an address must not serve another host).
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            trust_env=False,
-            follow_redirects=False,
-            timeout=timeout,
-            limits=httpx.Limits(max_keepalive_connections=0),
-            headers={"User-Agent": "mlx-server", "Accept": "image/*, video/*;q=0.9, */*;q=0.5"},
-        )
+        self._transport = transport
+        self._client_instance: httpx.AsyncClient | None = None
+
+    @property
+    def _client(self) -> httpx.AsyncClient:
+        # Made on first use: building its TLS context costs ~25 ms, and most apps never fetch.
+        if self._client_instance is None:
+            # No proxies from the environment (they would bypass the address checks) and no
+            # kept-alive connections (one pinned to an address must not serve another host).
+            self._client_instance = httpx.AsyncClient(
+                transport=self._transport,
+                trust_env=False,
+                follow_redirects=False,
+                timeout=self.timeout,
+                limits=httpx.Limits(max_keepalive_connections=0),
+                headers={
+                    "User-Agent": "mlx-server",
+                    "Accept": "image/*, video/*;q=0.9, */*;q=0.5",
+                },
+            )
+        return self._client_instance
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._client_instance is not None:
+            await self._client_instance.aclose()
+            self._client_instance = None
 
     async def fetch(self, url: str, param: str, max_bytes: int) -> bytes:
         """The body at `url` (following redirects). Raises a 403 for a non-public address
