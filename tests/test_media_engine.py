@@ -146,3 +146,14 @@ def test_media_the_processor_cannot_handle_is_a_400(loaded):
     tiny = VideoPart(tuple(img((i, 0, 0), (8, 8)) for i in range(2)), fps=2.0)  # < one patch
     with pytest.raises(InvalidRequestError, match="processor cannot handle"):
         build_prompt(lm.processor, "qwen2_5_vl", (Message("user", (tiny,)),))
+
+
+def test_qwen2_vl_counts_temporal_patches_whatever_the_fps(loaded):
+    lm = loaded("qwen2_vl")
+    p = build_prompt(lm.processor, "qwen2_vl", mixed())
+    inputs = p.model_inputs
+    ref, ref_delta = lm.model.language_model.get_rope_index(
+        mx.array([p.token_ids]), inputs["image_grid_thw"], inputs["video_grid_thw"]
+    )
+    mine, delta = video_positions(lm.model, p.token_ids, inputs)  # 1 s per patch at 2 fps
+    assert mx.array_equal(mine, ref.astype(mx.int32)) and delta == ref_delta.item()
