@@ -244,3 +244,82 @@ def test_local_files_are_off_by_default_and_missing_ones_are_400s(tree):
         local_path("file://server/share/a.png", str(tree), "image", P)
     with pytest.raises(InvalidRequestError, match="limit"):
         read_local(local_path("sub/a.png", str(tree), "image", P), "image", P, 3)
+
+
+@pytest.fixture
+def tls_server(tmp_path):
+    """An https server on 127.0.0.1 with a self-signed certificate for `media.test` only."""
+    import datetime
+    import http.server
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "media.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("media.test")]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = cert.public_bytes(serialization.Encoding.PEM)
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            seen.append((self.headers["Host"], self.path))
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"HELLO")
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    srv.socket = context.wrap_socket(srv.socket, server_side=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    client_context = ssl.create_default_context(cadata=cert_pem.decode())
+    yield srv.server_address[1], client_context, seen
+    srv.shutdown()
+    srv.server_close()
+
+
+async def test_https_to_the_pinned_address_verifies_the_host_name(tls_server):
+    port, trust, seen = tls_server
+
+    async def resolve(host, _port):
+        return {"media.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}[host]
+
+    f = HttpFetcher(resolver=resolve, allow_private=True, verify=trust)
+    try:
+        assert await f.fetch(f"https://media.test:{port}/a.png", P, 100) == b"HELLO"
+        assert seen == [(f"media.test:{port}", "/a.png")]
+        # Same address, a name the certificate does not cover: the TLS check fails.
+        with pytest.raises(InvalidRequestError, match="other.test"):
+            await f.fetch(f"https://other.test:{port}/a.png", P, 100)
+        assert len(seen) == 1
+    finally:
+        await f.aclose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 import httpx
 
@@ -33,11 +34,13 @@ class HttpFetcher:
         allow_private: bool = False,
         resolver: Resolver = system_resolver,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: ssl.SSLContext | bool = True,
     ):
         self.timeout = timeout
         self.allow_private = allow_private
         self._resolve = resolver
         self._transport = transport
+        self._verify = verify
         self._client_instance: httpx.AsyncClient | None = None
 
     @property
@@ -48,6 +51,7 @@ class HttpFetcher:
             # kept-alive connections (one pinned to an address must not serve another host).
             self._client_instance = httpx.AsyncClient(
                 transport=self._transport,
+                verify=self._verify,
                 trust_env=False,
                 follow_redirects=False,
                 timeout=self.timeout,
