@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from dataclasses import replace
 
-from .config import Settings, settings_from_env
+from .config import Settings, parse_rgb, settings_from_env
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +37,58 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--max-tokens-cap", type=int, help="refuse max_tokens above this")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _media_flags(p)
+
+
+def _media_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("media inputs")
+    g.add_argument(
+        "--allowed-local-media-path",
+        metavar="DIR",
+        help="allow image/video parts to name local files under DIR (off by default)",
+    )
+    g.add_argument(
+        "--allow-private-media-urls",
+        action="store_true",
+        default=None,
+        help="let media URLs reach loopback, private and other non-public addresses",
+    )
+    g.add_argument("--media-fetch-timeout", type=float, metavar="S", help="per fetch (default 5)")
+    g.add_argument("--max-media-mb", type=int, help="bytes of one image or video (default 32)")
+    g.add_argument("--max-image-pixels", type=int, help="decoded pixels per image or frame")
+    g.add_argument(
+        "--limit-mm-per-prompt",
+        type=parse_mm_limits,
+        metavar="LIMITS",
+        help='images (and videos) per request: 16, or vLLM\'s \'{"image": 16, "video": 2}\'',
+    )
+    g.add_argument("--max-video-frames", type=int, help="frames sampled per video (default 32)")
+    g.add_argument(
+        "--rgba-background-color",
+        type=parse_rgb,
+        metavar="R,G,B",
+        help="colour under transparent pixels (default 255,255,255)",
+    )
+    g.add_argument("--media-cache-size", type=int, metavar="MIB", help="uuid media cache (0: off)")
+    g.add_argument("--media-cache-entries", type=int, help="uuid media cache entries")
+    g.add_argument("--max-request-body-mb", type=int, help="larger bodies are a 413 (default 128)")
+
+
+def parse_mm_limits(raw: str) -> dict[str, int]:
+    """`16` (images) or vLLM's JSON `{"image": 16, "video": 2}` -> {"image": 16, ...}."""
+    text = raw.strip()
+    if text.isdigit():
+        return {"image": int(text)}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    ok = isinstance(value, dict) and value and set(value) <= {"image", "video"}
+    if not ok or not all(isinstance(v, int) and v >= 0 for v in value.values()):
+        raise argparse.ArgumentTypeError(
+            f'expected a count or {{"image": N, "video": M}}, got {raw!r}'
+        )
+    return value
 
 
 def _tiny_parser(sub: argparse._SubParsersAction) -> None:
@@ -62,6 +115,20 @@ def build_settings(args: argparse.Namespace, base: Settings | None = None) -> Se
         prompt_cache_bytes=args.prompt_cache_bytes,
         max_tokens_cap=args.max_tokens_cap,
         log_level=args.log_level,
+        allowed_local_media_path=args.allowed_local_media_path,
+        allow_private_media_urls=args.allow_private_media_urls,
+        media_fetch_timeout=args.media_fetch_timeout,
+        max_media_mb=args.max_media_mb,
+        max_image_pixels=args.max_image_pixels,
+        max_video_frames=args.max_video_frames,
+        rgba_background_color=args.rgba_background_color,
+        media_cache_mb=args.media_cache_size,
+        media_cache_entries=args.media_cache_entries,
+        max_request_body_mb=args.max_request_body_mb,
+    )
+    limits = args.limit_mm_per_prompt or {}
+    settings = settings.with_overrides(
+        max_images_per_prompt=limits.get("image"), max_videos_per_prompt=limits.get("video")
     )
     if kv_bits is not None:
         settings = replace(settings, kv_bits=kv_bits or None)

@@ -26,6 +26,19 @@ class Settings:
     max_tokens_cap: int | None = None  # refuse max_tokens above this (None: context length)
     log_level: str = "info"
     hf_offline: bool = False
+    # Media inputs (api/media/): sources, limits, the uuid cache.
+    allowed_local_media_path: str | None = None  # local files only under this directory
+    allow_private_media_urls: bool = False  # let URLs reach loopback / private addresses
+    media_fetch_timeout: float = 5.0  # seconds per http(s) fetch, redirects included
+    max_media_mb: int = 32  # bytes of one image or video (inline, fetched or a file)
+    max_image_pixels: int = 64 * 2**20  # decoded pixels per image or video frame
+    max_images_per_prompt: int = 64
+    max_videos_per_prompt: int = 4
+    max_video_frames: int = 32  # frames sampled from one video
+    rgba_background_color: tuple[int, int, int] = (255, 255, 255)  # under transparency
+    media_cache_mb: int = 512  # decoded media kept by uuid (0: off)
+    media_cache_entries: int = 1024
+    max_request_body_mb: int = 128  # larger request bodies are a 413
 
     @property
     def model_id(self) -> str:
@@ -36,7 +49,20 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
+def parse_rgb(raw: str) -> tuple[int, int, int]:
+    """`255,255,255`, `[255, 255, 255]` (vLLM's form) or `#ffffff` -> an RGB triple."""
+    text = raw.strip()
+    if text.startswith("#") and len(text) == 7:
+        return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+    values = [v.strip() for v in text.strip("[]()").split(",")]
+    if len(values) != 3 or not all(v.isdigit() and int(v) <= 255 for v in values):
+        raise ValueError(f"not an RGB colour: {raw!r} (expected e.g. 255,255,255 or #ffffff)")
+    return tuple(int(v) for v in values)  # type: ignore[return-value]
+
+
 def _coerce(raw: str, default: Any) -> Any:
+    if isinstance(default, tuple):
+        return parse_rgb(raw)
     if isinstance(default, bool):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if isinstance(default, int):

@@ -46,6 +46,11 @@ HONOURED = {
     "tool_choice": ({"type": "function", "function": {"name": "f"}}, "tool_name", "f"),
     "parallel_tool_calls": (False, "parallel_tool_calls", False),
     "response_format": ({"type": "json_object"}, "constraint.kind", "json"),
+    "mm_processor_kwargs": (
+        {"max_pixels": 50176, "min_pixels": 3136, "fps": 1},
+        "mm_processor_kwargs",
+        (("max_pixels", 50176), ("min_pixels", 3136)),
+    ),
 }
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 # Fields an honoured field needs beside it to make sense.

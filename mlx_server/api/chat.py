@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 from pydantic_core import from_json
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -27,9 +26,8 @@ from mlx_server.engine.types import GenerationRequest
 from mlx_server.tools import ToolStreamSplitter, format_for
 
 from . import render, sse
-from .deps import get_engine, get_settings
+from .deps import get_engine, get_media, get_settings
 from .errors import ApiError, error_body, invalid_body
-from .messages import has_images
 from .output import (
     Finish,
     Keepalive,
@@ -41,7 +39,7 @@ from .output import (
 )
 from .protocol import ChatCompletionRequest
 from .render import CompletionMeta
-from .requests import to_generation_request
+from .requests import plan_request, to_generation_request
 
 log = logging.getLogger("mlx_server.api")
 router = APIRouter()
@@ -143,12 +141,9 @@ async def create_chat_completion(request: Request) -> Response:
     body = await read_body(request)
     settings = get_settings(request)
     completion_id = new_completion_id()
-    if has_images(body.messages):  # decoding is CPU work: keep it off the event loop
-        gen = await run_in_threadpool(
-            to_generation_request, body, settings, request_id=completion_id
-        )
-    else:
-        gen = to_generation_request(body, settings, request_id=completion_id)
+    plan = plan_request(body, settings, request_id=completion_id)
+    media = await get_media(request).resolve(plan.media, plan.fps) if plan.media else {}
+    gen = to_generation_request(body, plan, media)
     meta = CompletionMeta(
         id=completion_id,
         created=int(time.time()),

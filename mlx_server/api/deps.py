@@ -1,4 +1,5 @@
-"""What a route needs from the app: the engine and the settings, kept on `app.state`."""
+"""What a route needs from the app: the engine, the settings and the media resolver, kept on
+`app.state`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from mlx_server.config import Settings
 from mlx_server.engine.base import Engine
 
 from .errors import ApiError
+from .media import MediaResolver
 
 
 def get_engine(request: Request) -> Engine:
@@ -22,3 +24,7 @@ def get_engine(request: Request) -> Engine:
 
 def get_settings(request: Request) -> Settings:
     return request.app.state.settings
+
+
+def get_media(request: Request) -> MediaResolver:
+    return request.app.state.media

@@ -22,14 +22,24 @@ class ImageURL(BaseModel):
     detail: Literal["auto", "low", "high"] | None = None
 
 
+class VideoURL(BaseModel):
+    model_config = _STRICT
+    url: str
+
+
 class ContentPart(BaseModel):
     """One part of a message's content. Unknown part types are kept so they can be refused
-    by name (`messages[i].content[j].type`) instead of failing as a shapeless union."""
+    by name (`messages[i].content[j].type`) instead of failing as a shapeless union.
+
+    `uuid` (vLLM's convention) names the part's media for reuse: a later part may carry the
+    same uuid with `"image_url": null` (or `"video_url": null`)."""
 
     model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
     type: str
     text: str | None = None
     image_url: ImageURL | None = None
+    video_url: VideoURL | None = None
+    uuid: str | None = Field(None, min_length=1, max_length=256)
 
 
 class FunctionCall(BaseModel):
@@ -113,6 +123,7 @@ class ChatCompletionRequest(BaseModel):
     logprobs: bool | None = None
     top_logprobs: int | None = Field(None, ge=0, le=20)
     logit_bias: dict[str, Any] | None = None  # values checked in requests.py, naming the key
+    mm_processor_kwargs: dict[str, Any] | None = None  # keys and values checked in requests.py
     # Refused unless they mean "off" (see requests.FIELD_POLICIES).
     n: int | None = Field(None, ge=1)
     tools: list[ToolDefIn] | None = None

@@ -8,19 +8,20 @@ row to HONOURED. `render_policy_table()` writes the table as markdown (api/FIELD
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from mlx_server.config import Settings
 from mlx_server.engine.errors import InvalidRequestError, ModelNotFoundError
-from mlx_server.engine.types import GenerationRequest, SamplingParams
+from mlx_server.engine.types import GenerationRequest, MediaPart, SamplingParams
 
-from .media import decode_image_url
-from .messages import ImageDecoder, convert_messages
+from .media.options import parse_mm_processor_kwargs
+from .media.refs import MediaRef
+from .messages import convert_messages, media_refs
 from .protocol import ChatCompletionRequest
-from .tooling import tool_fields
+from .tooling import ToolFields, tool_fields
 
 log = logging.getLogger("mlx_server.api")
 
@@ -58,8 +59,12 @@ FIELD_POLICIES: tuple[FieldPolicy, ...] = (
         "messages",
         HONOURED,
         "roles system, developer (as system), user, assistant (with `tool_calls`), tool (with "
-        "`tool_call_id`); content a string or `text` / `image_url` parts; images as base64 "
-        "`data:` URLs (png, jpeg, webp, gif first frame) in user messages; `detail` is ignored",
+        "`tool_call_id`); content a string or `text` / `image_url` / `video_url` parts; media "
+        "in user messages only, as base64 `data:` URLs, http(s) URLs (public addresses unless "
+        "`--allow-private-media-urls`) or local files (only under `--allowed-local-media-path`);"
+        " images png, jpeg, webp, gif (first frame), bmp; `detail` is ignored; a part's `uuid` "
+        "caches its media, and a later part with the same `uuid` and a null `image_url` / "
+        "`video_url` reuses it (unknown uuid: 400)",
     ),
     FieldPolicy(
         "max_completion_tokens",
@@ -89,6 +94,13 @@ FIELD_POLICIES: tuple[FieldPolicy, ...] = (
     FieldPolicy("logprobs", HONOURED, "token log probabilities in `choices[].logprobs.content`"),
     FieldPolicy("top_logprobs", HONOURED, "0 to 20; needs `logprobs: true`"),
     FieldPolicy("logit_bias", HONOURED, "token-id keys, values -100 to 100"),
+    FieldPolicy(
+        "mm_processor_kwargs",
+        HONOURED,
+        "`fps`: video frames sampled per second of video (default 2, at most 60, up to "
+        "`--max-video-frames`); `min_pixels` / `max_pixels`: Qwen image resizing bounds "
+        "(refused for Gemma 3, whose image size is fixed); other keys: 400",
+    ),
     FieldPolicy("n", REFUSED, "one choice per request (`n: 1`)", accepts=lambda v: v == 1),
     FieldPolicy(
         "tools",
@@ -248,31 +260,48 @@ def _sampling(body: ChatCompletionRequest, settings: Settings) -> SamplingParams
     )
 
 
-def to_generation_request(
-    body: ChatCompletionRequest,
-    settings: Settings,
-    *,
-    request_id: str,
-    decode_image: ImageDecoder = decode_image_url,
-) -> GenerationRequest:
-    """Apply the field policies and build the engine's frozen request.
+@dataclass(frozen=True)
+class RequestPlan:
+    """What a request asks for, checked, before any media is fetched."""
 
-    Pure apart from log lines; decoding images is CPU work, so call it off the event loop when
-    the body carries images. Raises InvalidRequestError (400) or ModelNotFoundError (404),
-    each naming the offending field in `param`.
-    """
+    request_id: str
+    sampling: SamplingParams
+    media: tuple[MediaRef, ...] = ()
+    fps: float = 2.0
+    mm_processor_kwargs: tuple[tuple[str, Any], ...] = ()
+    tools: ToolFields = ToolFields()
+
+
+def plan_request(
+    body: ChatCompletionRequest, settings: Settings, *, request_id: str
+) -> RequestPlan:
+    """Apply the field policies and check everything that needs no media: model, sampling,
+    `mm_processor_kwargs`, and the shape, role and count-free checks of every media part.
+
+    Raises InvalidRequestError (400) or ModelNotFoundError (404), each naming the field."""
     _check_model(body, settings)
     _apply_policies(body, request_id)
     sampling = _sampling(body, settings)
-    tools = tool_fields(body)
-    messages = convert_messages(body.messages, decode_image)
+    fps, mm_kwargs = parse_mm_processor_kwargs(body.mm_processor_kwargs, settings.max_image_pixels)
+    refs = media_refs(body.messages)
+    return RequestPlan(request_id, sampling, refs, fps, mm_kwargs, tool_fields(body))
+
+
+def to_generation_request(
+    body: ChatCompletionRequest,
+    plan: RequestPlan,
+    media: Mapping[str, MediaPart] | None = None,
+) -> GenerationRequest:
+    """The engine's frozen request: the plan plus the messages with their decoded media
+    (`media`: part path -> ImagePart / VideoPart, from the media resolver). Pure."""
     return GenerationRequest(
-        request_id=request_id,
-        messages=messages,
-        sampling=sampling,
-        tools=tools.tools,
-        constraint=tools.constraint,
-        tool_choice=tools.choice,
-        tool_name=tools.name,
-        parallel_tool_calls=tools.parallel,
+        request_id=plan.request_id,
+        messages=convert_messages(body.messages, media),
+        sampling=plan.sampling,
+        mm_processor_kwargs=plan.mm_processor_kwargs,
+        tools=plan.tools.tools,
+        constraint=plan.tools.constraint,
+        tool_choice=plan.tools.choice,
+        tool_name=plan.tools.name,
+        parallel_tool_calls=plan.tools.parallel,
     )

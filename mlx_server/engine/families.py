@@ -9,6 +9,8 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .prompt import PromptInputs
+from .qwen_video import merge_features, video_positions
+from .types import VideoPart
 
 
 @dataclass
@@ -32,10 +34,18 @@ class MediaItem:
     inputs: dict[str, mx.array]
 
 
+def _has_video(prompt: PromptInputs) -> bool:
+    return any(isinstance(m, VideoPart) for m in prompt.media)
+
+
 class Family:
     """Gemma-style: positions come from the cache offset; fixed-size images."""
 
     def media_items(self, prompt: PromptInputs) -> list[MediaItem]:
+        """Per-image items for the vision-feature cache; none when the prompt has a video
+        (its frames are encoded together with the prompt's images, uncached)."""
+        if _has_video(prompt):
+            return []
         pv = prompt.model_inputs.get("pixel_values")
         return [
             MediaItem(s, e, f"{h}:{tuple(pv.shape[1:])}", {"pixel_values": pv[i : i + 1]})
@@ -104,6 +114,8 @@ class QwenFamily(Family):
     (3, B, L) position ids."""
 
     def media_items(self, prompt: PromptInputs) -> list[MediaItem]:
+        if _has_video(prompt):
+            return []
         pv = prompt.model_inputs.get("pixel_values")
         grid = prompt.model_inputs.get("image_grid_thw")
         items, row = [], 0
@@ -127,6 +139,10 @@ class QwenFamily(Family):
 
     def embed(self, model, token_ids, inputs, features=None):
         ids = mx.array([token_ids])
+        if "pixel_values_videos" in inputs:  # mlx-vlm's path handles images or videos, not both
+            positions, delta = video_positions(model, token_ids, inputs)
+            embeds = merge_features(model, ids, inputs)
+            return Embedded(embeds=embeds, positions=positions, rope_delta=delta)
         pixel_values = inputs.get("pixel_values")
         extra = {k: v for k, v in inputs.items() if k != "pixel_values"}
         extra.update(self._features_kwargs(features))

@@ -1,7 +1,8 @@
-"""Messages -> the model's own chat template -> token ids + processed images."""
+"""Messages -> the model's own chat template -> token ids + processed images and videos."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,31 +10,40 @@ import mlx.core as mx
 
 from ..tools import format_for
 from .errors import InvalidRequestError
-from .types import ImageInput, ImagePart, Message, TextPart, ToolSpec
+from .media_spans import IMAGE_TOKENS as IMAGE_TOKENS  # re-exported
+from .media_spans import VIDEO_TOKENS, media_spans
+from .types import ContentPart, ImageInput, ImagePart, Message, TextPart, ToolSpec, VideoPart
 
-# The family's image placeholder token as its processor expands it.
-IMAGE_TOKENS = {
-    "gemma3": "<image_soft_token>",
-    "qwen2_vl": "<|image_pad|>",
-    "qwen2_5_vl": "<|image_pad|>",
+log = logging.getLogger("mlx_server.engine")
+
+# Image-processor overrides each family's processor understands (vLLM's mm_processor_kwargs).
+# Gemma 3 resizes every image to its fixed input size, so it takes none.
+PROCESSOR_KWARGS: dict[str, frozenset[str]] = {
+    "gemma3": frozenset(),
+    "qwen2_vl": frozenset({"min_pixels", "max_pixels"}),
+    "qwen2_5_vl": frozenset({"min_pixels", "max_pixels"}),
 }
+
+Media = ImageInput | VideoPart  # one media item in prompt order
 
 
 @dataclass(frozen=True)
 class Turn:
-    """A message as the chat template will see it: role + ordered text/image parts."""
+    """A message as the chat template will see it: role + ordered text/image/video parts."""
 
     role: str
-    parts: tuple[TextPart | ImagePart, ...]
+    parts: tuple[ContentPart, ...]
 
 
 @dataclass
 class PromptInputs:
     text: str
     token_ids: list[int]
-    images: tuple[ImageInput, ...]
+    images: tuple[ImageInput, ...]  # what the processor got as images (Gemma: video frames too)
     model_inputs: dict[str, Any] = field(default_factory=dict)  # pixel_values, image_grid_thw...
-    image_spans: tuple[tuple[int, int, str], ...] = ()  # (start, end, sha256) per image
+    # (start, end, content hash) per media item (image or video) in prompt order.
+    image_spans: tuple[tuple[int, int, str], ...] = ()
+    media: tuple[Media, ...] = ()
     # Token positions worth a cache checkpoint inside the first turn (end of system text).
     boundaries: tuple[int, ...] = ()
 
@@ -105,8 +115,10 @@ def normalize_turns(
     turns = _history_turns(family, messages)
     system = [t for t in turns if t.role == "system"]
     rest = [t for t in turns if t.role != "system"]
-    if any(isinstance(p, ImagePart) for t in system for p in t.parts):
-        raise InvalidRequestError("system messages cannot contain images", param="messages")
+    if any(isinstance(p, ImagePart | VideoPart) for t in system for p in t.parts):
+        raise InvalidRequestError(
+            "system messages cannot contain images or videos", param="messages"
+        )
     sys_text = "\n\n".join(
         "".join(p.text for p in t.parts if isinstance(p, TextPart)).strip() for t in system
     ).strip()
@@ -130,65 +142,113 @@ def normalize_turns(
     return head + rest
 
 
-def _hf_content(parts: tuple[TextPart | ImagePart, ...]) -> list[dict[str, Any]]:
-    return [
-        {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image"}
-        for p in parts
-    ]
+def _hf_content(family: str, parts: tuple[ContentPart, ...]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for p in parts:
+        if isinstance(p, TextPart):
+            out.append({"type": "text", "text": p.text})
+        elif isinstance(p, ImagePart):
+            out.append({"type": "image"})
+        elif family in VIDEO_TOKENS:
+            out.append({"type": "video"})
+        else:  # no video tokens (Gemma 3): the frames, in order, as images
+            out.extend({"type": "image"} for _ in p.frames)
+    return out
 
 
 def render(
     tokenizer: Any, family: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
-) -> tuple[str, tuple[ImageInput, ...]]:
-    """The prompt text through the model's own chat template, plus images in prompt order."""
+) -> tuple[str, tuple[Media, ...]]:
+    """The prompt text through the model's own chat template, plus the media in prompt order
+    (an `ImageInput` per image, the `VideoPart` itself per video)."""
     turns = normalize_turns(family, messages, tools)
     hf = []
     for t in turns:
         if t.role == "system":
             hf.append({"role": "system", "content": t.parts[0].text})
         else:
-            hf.append({"role": t.role, "content": _hf_content(t.parts)})
+            hf.append({"role": t.role, "content": _hf_content(family, t.parts)})
     text = tokenizer.apply_chat_template(hf, tokenize=False, add_generation_prompt=True)
-    images = tuple(p.image for t in turns for p in t.parts if isinstance(p, ImagePart))
-    return text, images
+    media = tuple(
+        p.image if isinstance(p, ImagePart) else p
+        for t in turns
+        for p in t.parts
+        if isinstance(p, ImagePart | VideoPart)
+    )
+    return text, media
 
 
-def image_spans(token_ids: list[int], image_token_id: int, images: tuple[ImageInput, ...]):
-    """(start, end, sha256) of each run of image tokens, matched to images in order."""
-    runs: list[tuple[int, int]] = []
-    start = None
-    for i, tok in enumerate([*token_ids, -1]):
-        if tok == image_token_id and start is None:
-            start = i
-        elif tok != image_token_id and start is not None:
-            runs.append((start, i))
-            start = None
-    if len(runs) != len(images):
-        raise InvalidRequestError(
-            f"the prompt has {len(runs)} image placeholders for {len(images)} images"
-        )
-    return tuple((s, e, img.sha256) for (s, e), img in zip(runs, images))
+def processor_kwargs(family: str, mm_kwargs: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """The image-processor overrides for this family; a key it cannot honour is a 400."""
+    allowed = PROCESSOR_KWARGS[family]
+    for key, _ in mm_kwargs:
+        if key not in allowed:
+            why = (
+                "this model resizes every image to its fixed input size"
+                if not allowed
+                else f"supported: {', '.join(sorted(allowed))}"
+            )
+            raise InvalidRequestError(
+                f"mm_processor_kwargs.{key} is not supported by {family} models ({why})",
+                param="mm_processor_kwargs",
+                code="unsupported_parameter",
+            )
+    return dict(mm_kwargs)
+
+
+def _processor_inputs(family: str, media: tuple[Media, ...]) -> tuple[list[ImageInput], list]:
+    """Images (Gemma: video frames among them, in order) and, for Qwen, videos as frame lists."""
+    images: list[ImageInput] = []
+    videos: list[list[Any]] = []
+    for item in media:
+        if isinstance(item, ImageInput):
+            images.append(item)
+        elif family in VIDEO_TOKENS:
+            videos.append([f.image for f in item.frames])
+        else:
+            images.extend(item.frames)
+    return images, videos
 
 
 def build_prompt(
-    processor: Any, family: str, messages: tuple[Message, ...], tools: tuple[ToolSpec, ...] = ()
+    processor: Any,
+    family: str,
+    messages: tuple[Message, ...],
+    tools: tuple[ToolSpec, ...] = (),
+    mm_processor_kwargs: tuple[tuple[str, Any], ...] = (),
 ) -> PromptInputs:
-    """Render, expand image placeholders and tokenise through the model's processor."""
+    """Render, expand image/video placeholders and tokenise through the model's processor."""
     tokenizer = getattr(processor, "tokenizer", processor)
-    text, images = render(tokenizer, family, messages, tools)
+    overrides = processor_kwargs(family, mm_processor_kwargs)
+    text, media = render(tokenizer, family, messages, tools)
+    images, videos = _processor_inputs(family, media)
     kwargs: dict[str, Any] = {"text": [text], "add_special_tokens": False}
     if images:
         kwargs["images"] = [img.image for img in images]
-    out = dict(processor(**kwargs))
+        kwargs.update(overrides)
+    if videos:
+        kwargs["videos"] = videos
+    try:
+        out = dict(processor(**kwargs))
+    except ValueError as exc:  # sizes or aspect ratios the processor cannot handle
+        log.info("processor refused the media: %s", exc)
+        raise InvalidRequestError(
+            f"the model's processor cannot handle this media: {exc}", param="messages"
+        ) from None
     ids = out.pop("input_ids")
     ids = (ids.tolist() if isinstance(ids, mx.array) else list(ids))[0]
     out.pop("attention_mask", None)
     out.pop("token_type_ids", None)
     model_inputs = {k: v if isinstance(v, mx.array) else mx.array(v) for k, v in out.items()}
-    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKENS[family])
-    spans = image_spans(ids, image_id, images) if images else ()
+    if videos:
+        # Qwen2.5-VL's temporal RoPE needs the seconds each temporal patch spans.
+        video_proc = getattr(processor, "video_processor", None) or processor.image_processor
+        patch = getattr(video_proc, "temporal_patch_size", 2)
+        fps = [m.fps for m in media if isinstance(m, VideoPart)]
+        model_inputs["second_per_grid_ts"] = mx.array([patch / f for f in fps])
+    spans = media_spans(ids, family, tokenizer, media) if media else ()
     bounds = _system_boundary(tokenizer, text, ids, messages)
-    return PromptInputs(text, ids, images, model_inputs, spans, bounds)
+    return PromptInputs(text, ids, tuple(images), model_inputs, spans, media, bounds)
 
 
 def _system_boundary(

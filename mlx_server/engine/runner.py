@@ -84,13 +84,17 @@ class MLXRunner:
 
     def start(self, request: GenerationRequest) -> tuple[Generation, list[EngineEvent]]:
         lm = self.lm
-        prompt = build_prompt(lm.processor, lm.family, request.messages, request.tools)
+        prompt = build_prompt(
+            lm.processor, lm.family, request.messages, request.tools, request.mm_processor_kwargs
+        )
         n = len(prompt.token_ids)
         max_tokens = self._check_length(n, request.sampling.max_tokens)
         constraint = self._constraint(request)
         matcher = self.constraints.start(constraint) if constraint is not None else None
         items = self.family.media_items(prompt) if prompt.image_spans else []
-        key = cache_key(prompt.token_ids, [(it.start, it.end, it.key) for it in items])
+        # Spans carry each image's pixel hash (a video's: its frames and fps); the key adds
+        # the span length, so a different resize of the same image is a different key.
+        key = cache_key(prompt.token_ids, prompt.image_spans)
         cache, plan = self._plan(prompt, items, key)
         gen = Generation(
             request=request,

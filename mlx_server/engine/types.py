@@ -62,7 +62,24 @@ class ImagePart:
     image: ImageInput
 
 
-ContentPart = TextPart | ImagePart
+@dataclass(frozen=True)
+class VideoPart:
+    """Frames sampled from a video at `fps` frames per second of video time, in order."""
+
+    frames: tuple[ImageInput, ...]
+    fps: float
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the video as the model sees it: the frames and their sampling rate."""
+        digest = hashlib.sha256(f"video:{self.fps!r}:{len(self.frames)}:".encode())
+        for frame in self.frames:
+            digest.update(frame.sha256.encode())
+        return digest.hexdigest()
+
+
+ContentPart = TextPart | ImagePart | VideoPart
+MediaPart = ImagePart | VideoPart
 
 
 @dataclass(frozen=True)
@@ -89,6 +106,10 @@ class Message:
     @property
     def images(self) -> tuple[ImageInput, ...]:
         return tuple(p.image for p in self.content if isinstance(p, ImagePart))
+
+    @property
+    def videos(self) -> tuple[VideoPart, ...]:
+        return tuple(p for p in self.content if isinstance(p, VideoPart))
 
 
 @dataclass(frozen=True)
@@ -132,6 +153,8 @@ class GenerationRequest:
     tool_choice: ToolChoice = "auto"
     tool_name: str | None = None
     parallel_tool_calls: bool = True
+    # Image-processor overrides (vLLM's `mm_processor_kwargs`), e.g. (("max_pixels", 50176),).
+    mm_processor_kwargs: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
