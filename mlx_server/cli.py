@@ -26,6 +26,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefill-step-size", type=int, help="prompt tokens per prefill chunk")
     p.add_argument("--max-queue", type=int, help="requests that may wait before 429s")
     p.add_argument(
+        "--max-concurrency", type=int, help="sequences decoded together in one batch (default 8)"
+    )
+    p.add_argument(
         "--no-prompt-cache",
         dest="prompt_cache",
         action="store_false",
@@ -111,6 +114,7 @@ def build_settings(args: argparse.Namespace, base: Settings | None = None) -> Se
         dtype=args.dtype,
         prefill_step_size=args.prefill_step_size,
         max_queue=args.max_queue,
+        max_concurrency=args.max_concurrency,
         prompt_cache=args.prompt_cache,
         prompt_cache_bytes=args.prompt_cache_bytes,
         max_tokens_cap=args.max_tokens_cap,

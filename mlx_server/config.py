@@ -21,6 +21,7 @@ class Settings:
     kv_group_size: int = 64
     prefill_step_size: int = 256
     max_queue: int = 64
+    max_concurrency: int = 8  # sequences decoded together in one batch
     prompt_cache: bool = True  # multi-entry KV prefix reuse across requests
     prompt_cache_bytes: int | None = None  # None: a share of physical memory
     max_tokens_cap: int | None = None  # refuse max_tokens above this (None: context length)

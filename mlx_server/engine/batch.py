@@ -45,6 +45,7 @@ class DecodeBatch:
         self.family = family
         self.rows: list[Any] = []  # Generations, in cache-row order
         self.cache: list[Any] | None = None
+        self.peak = 0  # most rows ever decoded together
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -60,6 +61,7 @@ class DecodeBatch:
         gen.cache = None
         gen.batch = self
         self.rows.append(gen)
+        self.peak = max(self.peak, len(self.rows))
 
     def leave(self, gen: Any) -> list[Any]:
         """Take a sequence out; returns its own single-sequence caches."""

@@ -57,6 +57,11 @@ def _nbytes(state: Any) -> int:
     return int(state.nbytes) if state is not None else 0
 
 
+def live_nbytes(caches: Sequence[Any]) -> int:
+    """Bytes held by live layer caches (single or batched, plain or 8-bit)."""
+    return sum(_nbytes(c.keys) + _nbytes(c.values) for c in caches if c.keys is not None)
+
+
 def snapshot_layer(c: Any) -> LayerState:
     """Detached state of one live layer cache."""
     if isinstance(c, RotatingKVCache):
@@ -158,6 +163,7 @@ class PrefixCache:
 
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
+        self.reserved = 0  # bytes of KV held by running sequences, which share the budget
         self._entries: list[Entry] = []
         self._lock = threading.Lock()
         self.lookups = self.hits = 0
@@ -210,15 +216,22 @@ class PrefixCache:
                     self._evict()
                     return False
             entry.measure()
-            if entry.nbytes > self.budget:
+            if entry.nbytes > self.budget - self.reserved:
                 return False
             entry.last_used = time.monotonic()
             self._entries.append(entry)
             self._evict()
         return True
 
+    def reserve(self, live_bytes: int) -> None:
+        """Running sequences now hold `live_bytes` of KV: shrink the cache to leave room."""
+        with self._lock:
+            self.reserved = live_bytes
+            self._evict()
+
     def _evict(self) -> None:
-        while self._entries and sum(e.nbytes for e in self._entries) > self.budget:
+        room = self.budget - self.reserved
+        while self._entries and sum(e.nbytes for e in self._entries) > room:
             self._entries.remove(min(self._entries, key=lambda e: e.last_used))
 
     def clear(self) -> None:
@@ -231,6 +244,7 @@ class PrefixCache:
                 "entries": len(self._entries),
                 "bytes": sum(e.nbytes for e in self._entries),
                 "budget_bytes": self.budget,
+                "reserved_bytes": self.reserved,
                 "tokens": int(sum(len(e.key) for e in self._entries)),
                 "lookups": self.lookups,
                 "hits": self.hits,

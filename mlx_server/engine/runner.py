@@ -16,7 +16,7 @@ from .errors import ContextLengthExceededError, InvalidRequestError
 from .families import FAMILY_IMPLS, MediaItem
 from .generate import Generation, PrefixPlan
 from .loader import LoadedModel
-from .prefix_cache import PrefixCache, cache_key, snapshot_layer
+from .prefix_cache import PrefixCache, cache_key, live_nbytes, snapshot_layer
 from .prompt import PromptInputs, build_prompt
 from .types import Constraint, EngineEvent, GenerationRequest, PromptReady
 from .vision_cache import VisionFeatureCache
@@ -203,10 +203,13 @@ class MLXRunner:
         if len(self.batch):
             for seq, events in self.batch.step().items():
                 out[seq] += events
+        if self.prefix_cache is not None:
+            live = [c for s in seqs if s.cache for c in s.cache] + (self.batch.cache or [])
+            self.prefix_cache.reserve(live_nbytes(live))
         return out
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+        out: dict[str, Any] = {"batch_size": len(self.batch), "batch_peak": self.batch.peak}
         if self.prefix_cache is not None:
             out["prompt_cache"] = self.prefix_cache.stats()
         if self.vision_cache is not None:

@@ -42,7 +42,9 @@ class MLXEngine:
             vision_cache=VisionFeatureCache(max(64 << 20, budget // 8)),
         )
         self._warm_up()
-        self.worker = Worker(self.runner, max_queue=settings.max_queue)
+        self.worker = Worker(
+            self.runner, max_queue=settings.max_queue, max_active=settings.max_concurrency
+        )
 
     def _warm_up(self) -> None:
         """Run two tokens before serving so kernel compilation is not billed to a client."""
