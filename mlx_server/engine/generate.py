@@ -50,7 +50,7 @@ class Generation:
         model: Any,
         family: Family,
         tokenizer: Any,
-        cache: list[Any],
+        cache: list[Any] | None,
         eos_ids: tuple[int, ...],
         vocab_size: int,
         max_tokens: int,
@@ -69,14 +69,14 @@ class Generation:
         self.eos_ids = frozenset(eos_ids)
         self.max_tokens = max_tokens
         self.prefill_step = max(1, prefill_step)
-        self.plan = plan or PrefixPlan()
-        self.cached_tokens = self.plan.cached_tokens
-        self.prefilled = self.cached_tokens
-        self.snapshots = dict(self.plan.snapshots)
+        self.planned = False
+        self.on_prefilled: Callable[[Generation], None] | None = None
+        self.begin(cache, plan or PrefixPlan())
         self.matcher = matcher
         self.on_close = on_close
         self.cache_key = cache_key  # prompt tokens with media markers, for the prefix cache
         self.batch: Any = None  # the DecodeBatch holding this sequence's KV rows, if any
+        self.media_items: list[Any] = []  # per-image items for the vision-feature cache
         params = request.sampling
         self.sampler = Sampler(params, vocab_size, prompt.token_ids)
         self.detok = IncrementalDetokenizer(
@@ -91,6 +91,15 @@ class Generation:
         self.finish_reason: FinishReason | None = None
         self.started = time.perf_counter()
         self.first_token_at: float | None = None
+
+    def begin(self, cache: list[Any] | None, plan: PrefixPlan) -> None:
+        """Give the sequence its (possibly restored) cache; prefill may start once it has one."""
+        self.cache = cache
+        self.plan = plan
+        self.cached_tokens = plan.cached_tokens
+        self.prefilled = plan.cached_tokens
+        self.snapshots = dict(plan.snapshots)
+        self.planned = cache is not None
 
     def close(self, cancelled: bool) -> None:
         """Hand the KV to the prefix cache (cancelled ones too: a retry resumes), then drop it."""
@@ -132,6 +141,8 @@ class Generation:
         self.prefilled = self.prompt_len
         self._checkpoint()
         self.emb = None  # the prompt embeddings are no longer needed
+        if self.on_prefilled is not None:
+            self.on_prefilled(self)
         self._pending = self._sample(logits)
         mx.async_eval(self._pending.token)
         return []

@@ -16,7 +16,7 @@ from .errors import ContextLengthExceededError, InvalidRequestError
 from .families import FAMILY_IMPLS, MediaItem
 from .generate import Generation, PrefixPlan
 from .loader import LoadedModel
-from .prefix_cache import PrefixCache, cache_key, live_nbytes, snapshot_layer
+from .prefix_cache import PrefixCache, cache_key, common_prefix, live_nbytes, snapshot_layer
 from .prompt import PromptInputs, build_prompt
 from .types import Constraint, EngineEvent, GenerationRequest, PromptReady
 from .vision_cache import VisionFeatureCache
@@ -25,6 +25,7 @@ log = logging.getLogger("mlx_server.engine")
 
 TURN_START = {"gemma3": "<start_of_turn>", "qwen2_vl": "<|im_start|>", "qwen2_5_vl": "<|im_start|>"}
 MAX_TURN_CHECKPOINTS = 3
+MIN_SHARED = 32  # tokens of shared prefix worth waiting for
 
 
 def make_cache(language_model: Any, kv_bits: int | None, group_size: int) -> list[Any]:
@@ -66,6 +67,7 @@ class MLXRunner:
         self.vision_cache = vision_cache
         self._windowed = any(isinstance(c, RotatingKVCache) for c in self._fresh_cache())
         self.batch = DecodeBatch(lm.model, self.family)
+        self._prefilling: list[Generation] = []  # planned sequences still prefilling
         self._turn = 0  # round-robin over sequences still prefilling
 
     def _fresh_cache(self) -> list[Any]:
@@ -95,24 +97,46 @@ class MLXRunner:
         # Spans carry each image's pixel hash (a video's: its frames and fps); the key adds
         # the span length, so a different resize of the same image is a different key.
         key = cache_key(prompt.token_ids, prompt.image_spans)
-        cache, plan = self._plan(prompt, items, key)
         gen = Generation(
             request=request,
             prompt=prompt,
             model=lm.model,
             family=self.family,
             tokenizer=lm.tokenizer,
-            cache=cache,
+            cache=None,
             eos_ids=lm.eos_token_ids,
             vocab_size=lm.vocab_size,
             max_tokens=max_tokens,
             prefill_step=self.prefill_step,
-            plan=plan,
             matcher=matcher,
             on_close=self._store if self.prefix_cache is not None else None,
             cache_key=key,
         )
-        return gen, [PromptReady(prompt_tokens=n, cached_tokens=plan.cached_tokens)]
+        gen.media_items = items
+        if not self._blocked(gen):
+            self._begin(gen)
+        return gen, [PromptReady(prompt_tokens=n, cached_tokens=gen.cached_tokens)]
+
+    def _blocked(self, gen: Generation) -> bool:
+        """Whether a prompt still being prefilled will compute KV this one can reuse: then
+        this one waits for it instead of computing the same prefix twice (e.g. several
+        questions about one image sent at once)."""
+        if self.prefix_cache is None:
+            return False
+        for other in self._prefilling:
+            if other is not gen:
+                shared = common_prefix(other.cache_key, gen.cache_key)
+                if shared >= other.cached_tokens + MIN_SHARED:
+                    return True
+        return False
+
+    def _begin(self, gen: Generation) -> None:
+        """Restore the longest cached prefix into the sequence; it may start prefilling."""
+        cache, plan = self._plan(gen.prompt, gen.media_items, gen.cache_key)
+        gen.begin(cache, plan)
+        if self.prefix_cache is not None:
+            gen.on_prefilled = self._store_prompt
+            self._prefilling.append(gen)
 
     def _constraint(self, request: GenerationRequest) -> Constraint | None:
         """response_format's constraint, or the grammar of a forced tool call in the
@@ -179,8 +203,18 @@ class MLXRunner:
             vc.put(item.key, features)
         return features
 
+    def _store_prompt(self, gen: Generation) -> None:
+        """The prompt is prefilled: make its KV reusable now, not only when the answer ends."""
+        if gen in self._prefilling:
+            self._prefilling.remove(gen)
+        n = gen.cached_length()
+        layers = [snapshot_layer(c) for c in gen.cache]
+        self.prefix_cache.insert(gen.cache_key[:n], layers, gen.snapshots)
+
     def _store(self, gen: Generation, cancelled: bool) -> None:
         """Put what the sequence computed into the prefix cache."""
+        if gen in self._prefilling:
+            self._prefilling.remove(gen)
         n = gen.cached_length()
         if n <= 0:
             return
@@ -193,6 +227,10 @@ class MLXRunner:
         step for every decoding sequence: long prompts never freeze the running streams."""
         out: dict[Generation, list[EngineEvent]] = {s: [] for s in seqs}
         waiting = [s for s in seqs if not s.finished and not s.decoding and s.batch is None]
+        for seq in waiting:
+            if not seq.planned and not self._blocked(seq):
+                self._begin(seq)
+        waiting = [s for s in waiting if s.planned]
         if waiting:
             seq = waiting[self._turn % len(waiting)]
             self._turn += 1

@@ -194,3 +194,23 @@ def test_prefix_cache_stats_report_hits(loaded):
     stats = r.stats()["prompt_cache"]
     assert stats["hits"] >= 1 and stats["entries"] >= 1 and stats["bytes"] > 0
     assert 0 < stats["hit_rate"] <= 1 and np.isfinite(stats["token_hit_rate"])
+
+
+def test_questions_about_one_image_sent_together_share_its_prefill(loaded):
+    lm = loaded("qwen2_5_vl")
+    r = runner(lm, 8)
+    params = SamplingParams(temperature=0, max_tokens=3)
+    reqs = [
+        GenerationRequest(f"q{i}", (user(RED, SYSTEM + f" Question {i}?"),), params)
+        for i in range(4)
+    ]
+    seqs = [r.start(q)[0] for q in reqs]
+    assert [s.planned for s in seqs] == [True, False, False, False]
+    while any(not s.finished for s in seqs):
+        live = [s for s in seqs if not s.finished]
+        r.step(live)
+        for s in [s for s in live if s.finished]:
+            s.close(cancelled=False)
+    shared = seqs[0].prompt_len - len(lm.tokenizer(" Question 0?")["input_ids"]) - 8
+    assert seqs[0].cached_tokens == 0
+    assert all(s.cached_tokens >= shared for s in seqs[1:])
