@@ -59,6 +59,9 @@ class MLXEngine:
             **self.worker.stats(),
         }
 
+    def drain(self, grace: float) -> None:
+        self.worker.drain(grace)
+
     def close(self) -> None:
         self.worker.close()
 
