@@ -7,7 +7,7 @@ import logging
 import sys
 from dataclasses import replace
 
-from .config import Settings, settings_from_env
+from .config import Settings, settings_from_env, split_list
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,6 +26,32 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-queue", type=int, help="requests that may wait before 429s")
     p.add_argument("--max-tokens-cap", type=int, help="refuse max_tokens above this")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _security_flags(p)
+
+
+def _security_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security and limits (docs/security.md)")
+    g.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on /v1/* and /metrics "
+        "(prefer MLX_SERVER_API_KEY: flags show up in `ps`)",
+    )
+    g.add_argument(
+        "--cors-origins",
+        type=split_list,
+        help="comma-separated browser origins allowed to call the API (default: none)",
+    )
+    g.add_argument("--max-body-bytes", type=int, help="largest request body (default 64 MiB)")
+    g.add_argument("--max-json-depth", type=int, help="deepest JSON nesting (default 64)")
+    g.add_argument("--max-messages", type=int, help="most messages per request (default 4096)")
+    g.add_argument("--header-timeout", type=float, help="seconds to send headers (default 10)")
+    g.add_argument("--body-timeout", type=float, help="seconds to send the body (default 60)")
+    g.add_argument("--max-connections", type=int, help="open connections before 503 (512)")
+    g.add_argument(
+        "--shutdown-grace",
+        type=float,
+        help="seconds running requests get to finish on SIGTERM/SIGINT (default 10)",
+    )
 
 
 def _tiny_parser(sub: argparse._SubParsersAction) -> None:
@@ -50,6 +76,15 @@ def build_settings(args: argparse.Namespace, base: Settings | None = None) -> Se
         max_queue=args.max_queue,
         max_tokens_cap=args.max_tokens_cap,
         log_level=args.log_level,
+        api_key=args.api_key,
+        cors_origins=args.cors_origins,
+        max_body_bytes=args.max_body_bytes,
+        max_json_depth=args.max_json_depth,
+        max_messages=args.max_messages,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
+        shutdown_grace=args.shutdown_grace,
     )
     if kv_bits is not None:
         settings = replace(settings, kv_bits=kv_bits or None)
@@ -60,11 +95,13 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.security import warn_if_exposed
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    warn_if_exposed(settings)
     print(f"mlx-server: loading {settings.model} ...", flush=True)
     app = create_app(settings)
     print(f"mlx-server: serving at http://{settings.host}:{settings.port}/v1", flush=True)
@@ -82,12 +119,16 @@ def tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlx-server")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _tiny_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     if args.command == "tiny-model":
         return tiny_model(args)
     return serve(build_settings(args))

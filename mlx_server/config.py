@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 DEFAULT_MODEL = "mlx-community/gemma-3-4b-it-4bit"
@@ -24,6 +24,16 @@ class Settings:
     max_tokens_cap: int | None = None  # refuse max_tokens above this (None: context length)
     log_level: str = "info"
     hf_offline: bool = False
+    # Security and limits (api/security.py, api/limits.py, api/server.py; docs/security.md).
+    api_key: str | None = field(default=None, repr=False)  # never printed with the settings
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+    max_body_bytes: int = 64 * 1024 * 1024  # room for one 32 MiB image, base64-encoded
+    max_json_depth: int = 64
+    max_messages: int = 4096
+    header_timeout: float = 10.0  # seconds to send a request's line and headers
+    body_timeout: float = 60.0  # seconds to send its body, counted from the headers
+    max_connections: int = 512  # open connections before uvicorn answers 503
+    shutdown_grace: float = 10.0  # seconds running streams get to finish on SIGTERM/SIGINT
 
     @property
     def model_id(self) -> str:
@@ -35,6 +45,8 @@ class Settings:
 
 
 def _coerce(raw: str, default: Any) -> Any:
+    if isinstance(default, tuple):
+        return split_list(raw)
     if isinstance(default, bool):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if isinstance(default, int):
@@ -42,6 +54,11 @@ def _coerce(raw: str, default: Any) -> Any:
     if isinstance(default, float):
         return float(raw)
     return raw
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    """`"a, b,,c"` -> `("a", "b", "c")`: the shape of list-valued flags and variables."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
 def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
