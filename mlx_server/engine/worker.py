@@ -141,6 +141,9 @@ class Worker:
                 self._admit(job)
             self._step()
         self._shutdown()
+        release = getattr(self._runner, "release_thread", None)
+        if release is not None:
+            release()
 
     def _admit(self, job: WorkerJob) -> None:
         if job.cancelled.is_set():
