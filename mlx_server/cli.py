@@ -92,10 +92,9 @@ def build_settings(args: argparse.Namespace, base: Settings | None = None) -> Se
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from .api.app import create_app
     from .api.security import warn_if_exposed
+    from .api.server import run_server
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -105,10 +104,7 @@ def serve(settings: Settings) -> int:
     print(f"mlx-server: loading {settings.model} ...", flush=True)
     app = create_app(settings)
     print(f"mlx-server: serving at http://{settings.host}:{settings.port}/v1", flush=True)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
-    )
-    return 0
+    return run_server(app, settings)
 
 
 def tiny_model(args: argparse.Namespace) -> int:
