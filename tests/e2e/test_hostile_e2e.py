@@ -1,4 +1,4 @@
-"""The hostile bodies of tests/hostile.py against the real server (tiny Gemma 3), where the
+"""The hostile bodies of tests/hostile.py against the real server (each tiny family), where the
 tokenizer, the prompt template and the sampler see them: never a 5xx, and it keeps serving."""
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ pytestmark = pytest.mark.e2e
 
 
 def test_hostile_bodies_on_the_real_server(server):
-    if server.family != "gemma3":
-        pytest.skip("one family is enough: the refusals happen before the model")
     failures = []
     with httpx.Client(base_url=server.v1, timeout=60) as client:
         for name, raw, allowed in hostile_bodies(server.model_id):
