@@ -21,6 +21,7 @@ import base64
 import io
 import ipaddress
 import json
+import os
 import random
 import subprocess
 import sys
@@ -223,6 +224,7 @@ async def run_load(
     pid: int | None = None,
     max_requests: int | None = None,
     seed: int = 0,
+    api_key: str | None = None,
 ) -> Report:
     """Drive the server and return the report (callable from tests)."""
     check_loopback(base_url)
@@ -240,7 +242,10 @@ async def run_load(
         nonlocal sent
         rng = random.Random(seed * 1000 + i)
         limits = httpx.Limits(max_connections=1)
-        async with httpx.AsyncClient(base_url=base_url, timeout=timeout, limits=limits) as client:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        async with httpx.AsyncClient(
+            base_url=base_url, timeout=timeout, limits=limits, headers=headers
+        ) as client:
             while time.monotonic() < deadline and (max_requests is None or sent < max_requests):
                 sent += 1
                 await one_request(client, rng.choices(kinds, weights)[0], model, rng, args, report)
@@ -321,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         "--server-arg", action="append", default=[], help="extra `serve` flag (repeatable)"
     )
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("MLX_SERVER_API_KEY"),
+        help="bearer key for a keyed server (default: $MLX_SERVER_API_KEY)",
+    )
     args = p.parse_args(argv)
 
     proc = None
@@ -335,7 +345,9 @@ def main(argv: list[str] | None = None) -> int:
         proc, base = start_server(model_dir, args.server_arg)
         pid = proc.pid
     try:
-        model = args.model_id or httpx.get(base + "/v1/models").json()["data"][0]["id"]
+        auth = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        models = httpx.get(base + "/v1/models", headers=auth).json()
+        model = args.model_id or models["data"][0]["id"]
         report = asyncio.run(
             run_load(
                 base,
@@ -346,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_tokens=args.max_tokens,
                 pid=pid,
                 max_requests=args.max_requests,
+                api_key=args.api_key,
             )
         )
     finally:
