@@ -8,7 +8,7 @@ import logging
 import sys
 from dataclasses import replace
 
-from .config import Settings, parse_rgb, settings_from_env
+from .config import Settings, parse_rgb, settings_from_env, split_list
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +41,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-tokens-cap", type=int, help="refuse max_tokens above this")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     _media_flags(p)
+    _security_flags(p)
 
 
 def _media_flags(p: argparse.ArgumentParser) -> None:
@@ -74,7 +75,6 @@ def _media_flags(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--media-cache-size", type=int, metavar="MIB", help="uuid media cache (0: off)")
     g.add_argument("--media-cache-entries", type=int, help="uuid media cache entries")
-    g.add_argument("--max-request-body-mb", type=int, help="larger bodies are a 413 (default 128)")
 
 
 def parse_mm_limits(raw: str) -> dict[str, int]:
@@ -92,6 +92,31 @@ def parse_mm_limits(raw: str) -> dict[str, int]:
             f'expected a count or {{"image": N, "video": M}}, got {raw!r}'
         )
     return value
+
+
+def _security_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security and limits (docs/security.md)")
+    g.add_argument(
+        "--api-key",
+        help="require `Authorization: Bearer KEY` on /v1/* and /metrics "
+        "(prefer MLX_SERVER_API_KEY: flags show up in `ps`)",
+    )
+    g.add_argument(
+        "--cors-origins",
+        type=split_list,
+        help="comma-separated browser origins allowed to call the API (default: none)",
+    )
+    g.add_argument("--max-body-bytes", type=int, help="largest request body (default 64 MiB)")
+    g.add_argument("--max-json-depth", type=int, help="deepest JSON nesting (default 64)")
+    g.add_argument("--max-messages", type=int, help="most messages per request (default 4096)")
+    g.add_argument("--header-timeout", type=float, help="seconds to send headers (default 10)")
+    g.add_argument("--body-timeout", type=float, help="seconds to send the body (default 60)")
+    g.add_argument("--max-connections", type=int, help="open connections before 503 (512)")
+    g.add_argument(
+        "--shutdown-grace",
+        type=float,
+        help="seconds running requests get to finish on SIGTERM/SIGINT (default 10)",
+    )
 
 
 def _tiny_parser(sub: argparse._SubParsersAction) -> None:
@@ -128,7 +153,15 @@ def build_settings(args: argparse.Namespace, base: Settings | None = None) -> Se
         rgba_background_color=args.rgba_background_color,
         media_cache_mb=args.media_cache_size,
         media_cache_entries=args.media_cache_entries,
-        max_request_body_mb=args.max_request_body_mb,
+        api_key=args.api_key,
+        cors_origins=args.cors_origins,
+        max_body_bytes=args.max_body_bytes,
+        max_json_depth=args.max_json_depth,
+        max_messages=args.max_messages,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_connections=args.max_connections,
+        shutdown_grace=args.shutdown_grace,
     )
     limits = args.limit_mm_per_prompt or {}
     settings = settings.with_overrides(
@@ -140,21 +173,19 @@ def build_settings(args: argparse.Namespace, base: Settings | None = None) -> Se
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from .api.app import create_app
+    from .api.security import warn_if_exposed
+    from .api.server import run_server
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    warn_if_exposed(settings)
     print(f"mlx-server: loading {settings.model} ...", flush=True)
     app = create_app(settings)
     print(f"mlx-server: serving at http://{settings.host}:{settings.port}/v1", flush=True)
-    uvicorn.run(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False
-    )
-    return 0
+    return run_server(app, settings)
 
 
 def tiny_model(args: argparse.Namespace) -> int:
@@ -165,12 +196,16 @@ def tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlx-server")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _tiny_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
     if args.command == "tiny-model":
         return tiny_model(args)
     return serve(build_settings(args))

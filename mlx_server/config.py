@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 DEFAULT_MODEL = "mlx-community/gemma-3-4b-it-4bit"
@@ -39,7 +39,16 @@ class Settings:
     rgba_background_color: tuple[int, int, int] = (255, 255, 255)  # under transparency
     media_cache_mb: int = 512  # decoded media kept by uuid (0: off)
     media_cache_entries: int = 1024
-    max_request_body_mb: int = 128  # larger request bodies are a 413
+    # Security and limits (api/security.py, api/limits.py, api/server.py; docs/security.md).
+    api_key: str | None = field(default=None, repr=False)  # never printed with the settings
+    cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
+    max_body_bytes: int = 64 * 1024 * 1024  # room for one 32 MiB image, base64-encoded
+    max_json_depth: int = 64
+    max_messages: int = 4096
+    header_timeout: float = 10.0  # seconds to send a request's line and headers
+    body_timeout: float = 60.0  # seconds to send its body, counted from the headers
+    max_connections: int = 512  # open connections before uvicorn answers 503
+    shutdown_grace: float = 10.0  # seconds running streams get to finish on SIGTERM/SIGINT
 
     @property
     def model_id(self) -> str:
@@ -61,9 +70,9 @@ def parse_rgb(raw: str) -> tuple[int, int, int]:
     return tuple(int(v) for v in values)  # type: ignore[return-value]
 
 
-def _coerce(raw: str, default: Any) -> Any:
+def _coerce(name: str, raw: str, default: Any) -> Any:
     if isinstance(default, tuple):
-        return parse_rgb(raw)
+        return parse_rgb(raw) if name == "rgba_background_color" else split_list(raw)
     if isinstance(default, bool):
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if isinstance(default, int):
@@ -71,6 +80,11 @@ def _coerce(raw: str, default: Any) -> Any:
     if isinstance(default, float):
         return float(raw)
     return raw
+
+
+def split_list(raw: str) -> tuple[str, ...]:
+    """`"a, b,,c"` -> `("a", "b", "c")`: the shape of list-valued flags and variables."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
 def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
@@ -82,7 +96,10 @@ def settings_from_env(environ: dict[str, str] | None = None) -> Settings:
         raw = env.get(ENV_PREFIX + f.name.upper())
         if raw is not None and raw != "":
             default = getattr(base, f.name)
-            values[f.name] = _coerce(raw, default) if default is not None else raw
+            if default is None:  # optional fields: coerce by the annotation ("int | None")
+                kind = str(f.type).split("|")[0].strip()
+                default = {"int": 0, "float": 0.0}.get(kind, "")
+            values[f.name] = _coerce(f.name, raw, default)
     if env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         values["hf_offline"] = True
     return replace(base, **values)

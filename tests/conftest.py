@@ -135,6 +135,7 @@ class FakeEngine:
         self.jobs: list[FakeJob] = []
         self.busy: ServerBusyError | None = None
         self.closed = False
+        self.drain_grace: float | None = None
 
     def submit(self, request: GenerationRequest) -> FakeJob:
         if self.closed:
@@ -154,6 +155,10 @@ class FakeEngine:
     def stats(self) -> dict[str, int]:
         done = sum(j.finished for j in self.jobs)
         return {"queued": 0, "active": len(self.jobs) - done, "completed": done}
+
+    def drain(self, grace: float) -> None:
+        self.closed = True  # like the real worker: new work is refused from now on
+        self.drain_grace = grace
 
     def close(self) -> None:
         self.closed = True

@@ -127,7 +127,7 @@ async def test_too_many_images_and_videos_are_400s_with_the_limit(engine, video_
 
 
 async def test_request_bodies_over_the_limit_are_413s(engine):
-    async with make_client(engine, max_request_body_mb=1) as c:
+    async with make_client(engine, max_body_bytes=2**20) as c:
         big = user(image_part("data:image/png;base64," + "A" * (2**20)))
         r = await c.post(URL, json=chat_body(messages=big))
         err = assert_envelope(r, 413, code="request_too_large")
@@ -249,7 +249,7 @@ def test_media_flags_and_environment(monkeypatch):
         ["serve", "--limit-mm-per-prompt", '{"image": 7, "video": 2}', "--max-video-frames", "9",
          "--media-cache-size", "0", "--rgba-background-color", "#000000", "--max-media-mb", "3",
          "--allowed-local-media-path", "/x", "--allow-private-media-urls", "--max-image-pixels",
-         "100", "--media-fetch-timeout", "1", "--max-request-body-mb", "2", "--media-cache-entries", "5"]
+         "100", "--media-fetch-timeout", "1", "--max-body-bytes", "2097152", "--media-cache-entries", "5"]
     )  # fmt: skip
     s = seen["s"]
     assert (s.max_images_per_prompt, s.max_videos_per_prompt, s.max_video_frames) == (7, 2, 9)
@@ -259,4 +259,4 @@ def test_media_flags_and_environment(monkeypatch):
         "/x",
         True,
     )
-    assert (s.max_image_pixels, s.media_fetch_timeout, s.max_request_body_mb) == (100, 1.0, 2)
+    assert (s.max_image_pixels, s.media_fetch_timeout, s.max_body_bytes) == (100, 1.0, 2097152)

@@ -13,10 +13,14 @@ from mlx_server import __version__
 from mlx_server.config import Settings
 from mlx_server.engine.base import Engine
 
-from . import chat, models
-from .bodylimit import BodySizeLimitMiddleware
+from . import chat, metrics, models
 from .errors import install_error_handlers
+from .limits import install_limits
 from .media import MediaResolver
+from .metrics import Metrics
+from .openapi import install_openapi
+from .requestlog import RequestLogMiddleware
+from .security import install_security
 
 log = logging.getLogger("mlx_server.api")
 
@@ -37,12 +41,23 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.media = MediaResolver.from_settings(settings)  # fetcher + uuid cache, per app
+    app.state.metrics = Metrics(lambda: _stats(app), settings.model_id)
     app.include_router(chat.router)
     app.include_router(models.router)
+    app.include_router(metrics.router)
+    # Middleware runs last-added first: request log -> catch-all -> origin guard -> CORS ->
+    # API key -> body limit -> routes. The log is outermost so refusals are logged and counted.
+    install_limits(app, settings)
+    install_security(app, settings)
     install_error_handlers(app)
-    # Added last so it runs first: oversized bodies are refused before anything reads them.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_request_body_mb * 2**20)
+    app.add_middleware(RequestLogMiddleware)
+    install_openapi(app, settings)
     return app
+
+
+def _stats(app: FastAPI) -> dict | None:
+    engine = app.state.engine
+    return None if engine is None else engine.stats()
 
 
 @asynccontextmanager

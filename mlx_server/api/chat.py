@@ -28,6 +28,7 @@ from mlx_server.tools import ToolStreamSplitter, format_for
 from . import render, sse
 from .deps import get_engine, get_media, get_settings
 from .errors import ApiError, error_body, invalid_body
+from .limits import check_json_limits
 from .output import (
     Finish,
     Keepalive,
@@ -39,6 +40,7 @@ from .output import (
 )
 from .protocol import ChatCompletionRequest
 from .render import CompletionMeta
+from .requestlog import RequestRecord, metered, record_of
 from .requests import plan_request, to_generation_request
 
 log = logging.getLogger("mlx_server.api")
@@ -79,6 +81,7 @@ async def read_body(request: Request) -> ChatCompletionRequest:
         ) from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object", code="invalid_json")
+    check_json_limits(data, get_settings(request))
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
@@ -128,7 +131,8 @@ async def _start(
                 return job, watcher, None
             raise ShuttingDownError("the request ended before it started")
         splitter = splitter_for(gen, get_engine(request).info.family)
-        return job, watcher, output_pieces(first, events, splitter)
+        pieces = output_pieces(first, events, splitter)
+        return job, watcher, metered(pieces, record_of(request))
     except BaseException:
         watcher.stop()
         job.cancel()
@@ -141,6 +145,8 @@ async def create_chat_completion(request: Request) -> Response:
     body = await read_body(request)
     settings = get_settings(request)
     completion_id = new_completion_id()
+    record = record_of(request)
+    record.completion_id = completion_id
     plan = plan_request(body, settings, request_id=completion_id)
     media = await get_media(request).resolve(plan.media, plan.fps) if plan.media else {}
     gen = to_generation_request(body, plan, media)
@@ -153,28 +159,28 @@ async def create_chat_completion(request: Request) -> Response:
     )
     job, watcher, pieces = await _start(request, gen)
     if pieces is None:
-        return _client_gone(completion_id, watcher, job)
+        return _client_gone(record, watcher, job)
     if body.stream:
-        stream = _stream(meta, pieces, job, watcher)
+        stream = _stream(meta, pieces, job, watcher, record)
         return StreamingResponse(stream, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
     try:
         collected = await collect(pieces)
-    except Exception:
+    except Exception as exc:
         if watcher.disconnected:
-            return _client_gone(completion_id, watcher, job)
+            return _client_gone(record, watcher, job)
+        record.fail("error", getattr(exc, "code", None))
         raise
     finally:
         watcher.stop()
         job.cancel()
-    _log_done(completion_id, collected.finish)
     body_json = render.completion(meta, collected).model_dump_json()
     return Response(body_json, media_type="application/json")
 
 
-def _client_gone(completion_id: str, watcher: DisconnectWatcher, job: Job) -> Response:
+def _client_gone(record: RequestRecord, watcher: DisconnectWatcher, job: Job) -> Response:
     watcher.stop()
     job.cancel()
-    log.info("%s: client disconnected", completion_id)
+    record.fail("disconnected")
     return _NoResponse()
 
 
@@ -186,7 +192,11 @@ class _NoResponse(Response):
 
 
 async def _stream(
-    meta: CompletionMeta, pieces: AsyncIterator[Piece], job: Job, watcher: DisconnectWatcher
+    meta: CompletionMeta,
+    pieces: AsyncIterator[Piece],
+    job: Job,
+    watcher: DisconnectWatcher,
+    record: RequestRecord,
 ) -> AsyncIterator[bytes]:
     """SSE chunks: role first, content, finish_reason, optional usage, then [DONE].
 
@@ -204,14 +214,14 @@ async def _stream(
                 yield sse.data(render.finish_chunk(meta, piece))
                 if meta.include_usage:
                     yield sse.data(render.usage_chunk(meta, piece.usage))
-                _log_done(meta.id, piece)
             else:
                 yield sse.data(render.delta_chunk(meta, piece))
         yield sse.DONE
     except Exception as exc:
         if watcher.disconnected:  # the job was cancelled because nobody is listening
-            log.info("%s: client disconnected", meta.id)
+            record.fail("disconnected")
             return
+        record.fail("error", getattr(exc, "code", None))
         if isinstance(exc, EngineError):
             log.warning("%s: failed mid-stream: %s", meta.id, exc)
         else:
@@ -219,19 +229,8 @@ async def _stream(
         yield sse.data(error_body(exc))
         yield sse.DONE
     finally:
+        if watcher.disconnected:  # also when the server cancelled us on seeing the disconnect
+            record.fail("disconnected")
         watcher.stop()
         job.cancel()
         await ticking.aclose()
-
-
-def _log_done(completion_id: str, finish: Finish | None) -> None:
-    if finish is not None:
-        u = finish.usage
-        log.info(
-            "%s: %d prompt (%d cached) + %d completion tokens, finish=%s",
-            completion_id,
-            u.prompt_tokens,
-            u.cached_tokens,
-            u.completion_tokens,
-            finish.reason,
-        )

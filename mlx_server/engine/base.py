@@ -32,6 +32,11 @@ class Engine(Protocol):
         """Queue depth, cache figures and the like, for /health and /metrics."""
         ...
 
+    def drain(self, grace: float) -> None:
+        """Begin a graceful shutdown without waiting: refuse new work (ShuttingDownError),
+        let running jobs go on for `grace` seconds, then end them with ShuttingDownError."""
+        ...
+
     def close(self) -> None:
         """Stop the worker; pending jobs end with an error."""
         ...

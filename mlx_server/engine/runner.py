@@ -28,6 +28,17 @@ MAX_TURN_CHECKPOINTS = 3
 MIN_SHARED = 32  # tokens of shared prefix worth waiting for
 
 
+def release_streams() -> None:
+    """End this thread's MLX streams; call it last in a thread that did MLX work.
+
+    MLX streams belong to the thread that made them. A thread that ends without releasing
+    them leaves a joinable stream thread behind, and the process then aborts at exit
+    ("terminate called without an active exception") about half the time (mlx 0.32.4).
+    Arrays this thread evaluated stay usable from other threads.
+    """
+    mx.clear_streams()
+
+
 def make_cache(language_model: Any, kv_bits: int | None, group_size: int) -> list[Any]:
     """The model's own cache layout with every full-attention layer 8-bit from token 0.
 
@@ -221,6 +232,10 @@ class MLXRunner:
         key = np.concatenate([gen.cache_key, np.asarray(gen.generated, dtype=np.int64)])[:n]
         layers = [snapshot_layer(c) for c in gen.cache]
         self.prefix_cache.insert(key, layers, gen.snapshots)
+
+    def release_thread(self) -> None:
+        """Last call on the worker thread: drop its MLX streams (see service.release_streams)."""
+        release_streams()
 
     def step(self, seqs: list[Generation]) -> dict[Generation, list[EngineEvent]]:
         """One prefill chunk for one waiting prompt (round-robin), then one batched decode

@@ -73,6 +73,9 @@ class MLXEngine:
             **self.runner.stats(),
         }
 
+    def drain(self, grace: float) -> None:
+        self.worker.drain(grace)
+
     def close(self) -> None:
         self.worker.close()
 

@@ -109,12 +109,18 @@ class Worker:
             "completed": self.completed,
         }
 
-    def close(self, grace: float = 0.0, timeout: float = 30.0) -> None:
-        """Refuse new work; let active sequences run up to `grace` seconds, then end them."""
+    def drain(self, grace: float) -> None:
+        """Refuse new work now; active sequences may run `grace` more seconds, then they and
+        any queued jobs end with ShuttingDownError. Returns at once (safe on the event loop)."""
         with self._cond:
             self._draining = True
-            self._deadline = time.monotonic() + grace
+            self._deadline = min(self._deadline, time.monotonic() + grace)
             self._cond.notify()
+
+    def close(self, grace: float = 0.0, timeout: float = 30.0) -> None:
+        """drain(grace), then wait for the thread to end (a deadline already set by an
+        earlier drain is kept when it is sooner)."""
+        self.drain(grace)
         self._thread.join(grace + timeout)
 
     def _run(self) -> None:
@@ -135,6 +141,9 @@ class Worker:
                 self._admit(job)
             self._step()
         self._shutdown()
+        release = getattr(self._runner, "release_thread", None)
+        if release is not None:
+            release()
 
     def _admit(self, job: WorkerJob) -> None:
         if job.cancelled.is_set():
