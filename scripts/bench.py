@@ -4,9 +4,10 @@
     python scripts/bench.py --quick                 # smaller runs, under ~2 minutes
     python scripts/bench.py --sections overhead --json out.json
 
-Sections: overhead (server decode speed vs in-process mlx_vlm.stream_generate), servers (one
-request through ours and mlx-vlm's servers), media and constraints (scripts/bench_media.py,
-scripts/bench_constraints.py when present). Only 127.0.0.1 is used; every server this
+Sections (default: overhead, media, constraints): overhead (server decode speed vs in-process
+mlx_vlm.stream_generate), media and constraints (scripts/bench_media.py and
+scripts/bench_constraints.py, when present), and on request servers (one short request through
+ours and mlx-vlm's servers, including mlx-vlm on the bf16 checkpoint as shipped). Only 127.0.0.1 is used; every server this
 starts is stopped when it ends, also on Ctrl-C or an error.
 """
 
@@ -36,7 +37,7 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "media": lambda ctx: hooks.run_hook(ctx, "media", 150 if ctx.quick else 600),
     "constraints": lambda ctx: hooks.run_hook(ctx, "constraints", 150 if ctx.quick else 600),
 }
-DEFAULT = ("overhead", "servers", "media", "constraints")
+DEFAULT = ("overhead", "media", "constraints")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

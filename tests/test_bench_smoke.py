@@ -96,3 +96,31 @@ def test_hook_flags_follow_the_script(tmp_path):
     cmd = hooks.hook_command(script, quick=True, models_root=tmp_path)
     assert cmd[1:] == [str(script), "--quick", "--json"]
     assert hooks.flatten_lines({"a": {"b": 1}, "c": 2}) == ["a.b: 1", "c: 2"]
+
+
+def test_paired_overheads_by_wall_and_cpu():
+    from benchlib import overhead
+
+    def t(tok_s, cpu_ms):
+        return client.StreamTiming("v", ok=True, decode_tok_s=tok_s, decode_cpu_ms=cpu_ms)
+
+    runs = {
+        overhead.SERVER: [t(9.0, 55.0), t(19.0, 50.0), t(10.0, None)],
+        overhead.MLX_VLM: [t(10.0, 50.0), t(20.0, 50.0), t(10.0, 50.0)],
+    }
+    found = overhead.paired_overheads(runs, overhead.SERVER, overhead.MLX_VLM)
+    assert found["wall"]["ratios"] == pytest.approx([0.9, 0.95, 1.0])
+    assert found["wall"]["overhead_pct"] == pytest.approx(5.0)
+    assert found["cpu"]["ratios"] == pytest.approx([50 / 55, 1.0])
+    assert overhead.paired_overheads(runs, overhead.ENGINE, overhead.MLX_VLM) == {}
+
+
+def test_cpu_probe_reads_this_process():
+    import os
+
+    probe = client.process_cpu_probe(os.getpid())
+    if probe is None:
+        pytest.skip("no /proc on this platform")
+    assert probe() > 0
+    assert client.per_token_cpu_ms(1.0, 2.0, 11) == pytest.approx(100.0)
+    assert client.per_token_cpu_ms(None, 2.0, 11) is None

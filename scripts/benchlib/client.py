@@ -6,15 +6,18 @@
 
 The hot loop only stamps and stores raw lines; JSON is parsed after the stream ends
 (`timing_from_lines`), so the client spends as little CPU as possible while the server it
-measures shares the machine with it.
+measures shares the machine with it. With a `cpu_probe` (e.g. `process_cpu_probe(pid)` of the
+server) each line is also stamped with that process's CPU seconds, which gives the CPU time
+per decoded token: far less disturbed than wall time when other work shares the cores.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +56,7 @@ class StreamTiming:
 
     ttft_s: request sent -> first chunk carrying content or a tool call.
     decode_tok_s: (completion_tokens - 1) / (last token's chunk - first token's chunk).
+    decode_cpu_ms: CPU milliseconds the probed process spent per token over the same span.
     """
 
     name: str
@@ -60,6 +64,7 @@ class StreamTiming:
     error: str | None = None
     ttft_s: float | None = None
     decode_tok_s: float | None = None
+    decode_cpu_ms: float | None = None
     total_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -100,17 +105,42 @@ def _chunk_fields(chunk: dict[str, Any]) -> tuple[str, bool, str | None]:
     return text, token, finish
 
 
-def timing_from_lines(
-    name: str, sent_at: float, lines: Sequence[tuple[float, str]]
-) -> StreamTiming:
-    """Build a StreamTiming from (arrival time, SSE line) pairs of one response."""
+CpuProbe = Callable[[], float]
+
+
+def process_cpu_probe(pid: int) -> CpuProbe | None:
+    """CPU seconds (user + system, all threads) of process `pid` from /proc; None where
+    there is no /proc (macOS), so callers simply get no CPU figures there."""
+    path = f"/proc/{pid}/stat"
+    if not os.path.exists(path):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def probe() -> float:
+        with open(path) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    return probe
+
+
+def per_token_cpu_ms(cpu_first: float | None, cpu_last: float | None, n: int) -> float | None:
+    """CPU milliseconds per decode step between the first and the n-th token."""
+    if cpu_first is None or cpu_last is None or n < 2:
+        return None
+    return 1000.0 * (cpu_last - cpu_first) / (n - 1)
+
+
+def timing_from_lines(name: str, sent_at: float, lines: Sequence[tuple]) -> StreamTiming:
+    """Build a StreamTiming from (arrival time, SSE line[, probed CPU seconds]) tuples."""
     first = last = None
+    cpu_first = cpu_last = None
     texts: list[str] = []
     usage: dict[str, Any] = {}
     finish = error = None
     chunks = comments = 0
     done = False
-    for stamp, line in lines:
+    for stamp, line, *cpu in lines:
         if line.startswith(":"):
             comments += 1
             continue
@@ -128,9 +158,10 @@ def timing_from_lines(
         texts.append(text)
         if token:
             chunks += 1
-            first = stamp if first is None else first
+            if first is None:
+                first, cpu_first = stamp, cpu[0] if cpu else None
         if token or fin:
-            last = stamp
+            last, cpu_last = stamp, cpu[0] if cpu else None
         finish = fin or finish
         usage = chunk.get("usage") or usage
     end = lines[-1][0] if lines else sent_at
@@ -147,6 +178,7 @@ def timing_from_lines(
         error=error or (None if first is not None else "no tokens"),
         ttft_s=None if first is None else first - sent_at,
         decode_tok_s=decode,
+        decode_cpu_ms=per_token_cpu_ms(cpu_first, cpu_last, completion),
         total_s=end - sent_at,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=completion,
@@ -159,7 +191,12 @@ def timing_from_lines(
 
 
 def stream_chat(
-    base_url: str, spec: RequestSpec, model: str, *, timeout_s: float = 300.0
+    base_url: str,
+    spec: RequestSpec,
+    model: str,
+    *,
+    timeout_s: float = 300.0,
+    cpu_probe: CpuProbe | None = None,
 ) -> StreamTiming:
     """Send one streamed request to `base_url` (ending in /v1) and time it.
 
@@ -167,7 +204,7 @@ def stream_chat(
     outlives `timeout_s` comes back as `ok=False` with the reason in `error`."""
     if spec.delay_s > 0:
         time.sleep(spec.delay_s)
-    lines: list[tuple[float, str]] = []
+    lines: list[tuple] = []
     sent = time.perf_counter()
     deadline = sent + timeout_s
     try:
@@ -181,7 +218,10 @@ def stream_chat(
                     return StreamTiming(spec.name, ok=False, error=msg)
                 for line in resp.iter_lines():
                     now = time.perf_counter()
-                    lines.append((now, line))
+                    if cpu_probe is not None and line.startswith("data:"):
+                        lines.append((now, line, cpu_probe()))
+                    else:
+                        lines.append((now, line))
                     if now > deadline:
                         return StreamTiming(spec.name, ok=False, error=f"over {timeout_s:.0f} s")
     except httpx.HTTPError as exc:
@@ -196,6 +236,7 @@ def run_requests(
     model: str,
     concurrency: int = 1,
     timeout_s: float = 300.0,
+    cpu_probe: CpuProbe | None = None,
 ) -> RunResult:
     """Send `specs`, at most `concurrency` in flight (1 = one after another), and time each.
 
@@ -203,7 +244,9 @@ def run_requests(
     batch from the first send; results keep the order of `specs`."""
     if concurrency <= 1:
         start = time.perf_counter()
-        out = [stream_chat(base_url, s, model, timeout_s=timeout_s) for s in specs]
+        out = [
+            stream_chat(base_url, s, model, timeout_s=timeout_s, cpu_probe=cpu_probe) for s in specs
+        ]
         return RunResult(out, time.perf_counter() - start)
     workers = min(concurrency, len(specs))
     barrier = threading.Barrier(workers + 1)
@@ -213,7 +256,7 @@ def run_requests(
         if not getattr(started, "done", False):
             started.done = True
             barrier.wait(timeout=30)
-        return stream_chat(base_url, spec, model, timeout_s=timeout_s)
+        return stream_chat(base_url, spec, model, timeout_s=timeout_s, cpu_probe=cpu_probe)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(one, s) for s in specs]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .client import RequestSpec, RunResult, StreamTiming, run_requests
+from .client import CpuProbe, RequestSpec, RunResult, StreamTiming, run_requests
 from .report import Stat, fmt_stat, stat
 
 
@@ -30,6 +30,7 @@ class SpecSummary:
     name: str
     ttft_s: Stat | None
     decode_tok_s: Stat | None
+    decode_cpu_ms: Stat | None
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: Stat | None
@@ -50,6 +51,7 @@ class SpecSummary:
         return {
             "ttft_s": j(self.ttft_s),
             "decode_tok_s": j(self.decode_tok_s),
+            "decode_cpu_ms": j(self.decode_cpu_ms),
             "prompt_tok_s": self.prompt_tok_s,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -76,8 +78,10 @@ def measure(
     warmup: Sequence[RequestSpec] = (),
     timeout_s: float = 300.0,
     allow_errors: bool = False,
+    cpu_probe: CpuProbe | None = None,
 ) -> list[RunResult]:
-    """Warm up, then send `specs` `repeats` times; one RunResult per repeat."""
+    """Warm up, then send `specs` `repeats` times; one RunResult per repeat. `cpu_probe`
+    (`client.process_cpu_probe(server.proc.pid)`) adds CPU ms per decoded token."""
     if warmup:
         check(
             run_requests(base_url, warmup, model=model, timeout_s=timeout_s).timings,
@@ -86,7 +90,12 @@ def measure(
     runs = []
     for _ in range(repeats):
         run = run_requests(
-            base_url, specs, model=model, concurrency=concurrency, timeout_s=timeout_s
+            base_url,
+            specs,
+            model=model,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            cpu_probe=cpu_probe,
         )
         if not allow_errors:
             check(run.timings, base_url)
@@ -101,6 +110,7 @@ def summarize_timings(name: str, timings: Sequence[StreamTiming]) -> SpecSummary
         name=name,
         ttft_s=stat([t.ttft_s for t in ok]),
         decode_tok_s=stat([t.decode_tok_s for t in ok]),
+        decode_cpu_ms=stat([t.decode_cpu_ms for t in ok]),
         prompt_tokens=max((t.prompt_tokens for t in ok), default=0),
         completion_tokens=max((t.completion_tokens for t in ok), default=0),
         cached_tokens=stat([float(t.cached_tokens) for t in ok]),
@@ -123,7 +133,15 @@ def aggregate(runs: Sequence[RunResult]) -> Stat | None:
     return stat([r.aggregate_tok_s for r in runs])
 
 
-SUMMARY_HEADERS = ("system", "request", "prompt tok", "TTFT s", "prompt tok/s", "decode tok/s")
+SUMMARY_HEADERS = (
+    "system",
+    "request",
+    "prompt tok",
+    "TTFT s",
+    "prompt tok/s",
+    "decode tok/s",
+    "CPU ms/tok",
+)
 
 
 def summary_row(system: str, s: SpecSummary) -> list[str]:
@@ -136,4 +154,5 @@ def summary_row(system: str, s: SpecSummary) -> list[str]:
         fmt_stat(s.ttft_s),
         "-" if pps is None else f"{pps:.1f}",
         fmt_stat(s.decode_tok_s),
+        fmt_stat(s.decode_cpu_ms, digits=1),
     ]

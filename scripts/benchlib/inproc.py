@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .client import StreamTiming
+from .client import StreamTiming, per_token_cpu_ms
 
 
 def load(model_dir: str, dtype: str = "auto") -> Any:
@@ -42,7 +42,10 @@ def engine_prompt(lm: Any, body: dict[str, Any]) -> tuple[Any, Any]:
     return req, build_prompt(lm.processor, lm.family, req.messages, req.tools)
 
 
-def _timing(name: str, t0: float, stamps: list[float], prompt_tokens: int, text: str):
+def _timing(
+    name: str, t0: float, stamps: list[float], cpu: list[float], prompt_tokens: int, text: str
+) -> StreamTiming:
+    """Token arrival times (and this process's CPU seconds at each) -> StreamTiming."""
     n = len(stamps)
     decode = (n - 1) / (stamps[-1] - stamps[0]) if n > 1 and stamps[-1] > stamps[0] else None
     return StreamTiming(
@@ -51,6 +54,7 @@ def _timing(name: str, t0: float, stamps: list[float], prompt_tokens: int, text:
         error=None if n else "no tokens",
         ttft_s=stamps[0] - t0 if n else None,
         decode_tok_s=decode,
+        decode_cpu_ms=per_token_cpu_ms(cpu[0], cpu[-1], n) if n else None,
         total_s=(stamps[-1] if n else time.perf_counter()) - t0,
         prompt_tokens=prompt_tokens,
         completion_tokens=n,
@@ -80,6 +84,7 @@ def time_mlx_vlm(
     inputs = dict(prompt.model_inputs)
     kv = {"kv_bits": kv_bits, "kv_group_size": kv_group_size, "quantized_kv_start": 0}
     stamps: list[float] = []
+    cpu: list[float] = []
     pieces: list[str] = []
     for result in stream_generate(
         lm.model,
@@ -96,8 +101,9 @@ def time_mlx_vlm(
         **inputs,
     ):
         stamps.append(time.perf_counter())
+        cpu.append(time.process_time())
         pieces.append(result.text)
-    return _timing(name, t0, stamps, len(prompt.token_ids), "".join(pieces))
+    return _timing(name, t0, stamps, cpu, len(prompt.token_ids), "".join(pieces))
 
 
 def time_engine(
@@ -118,13 +124,15 @@ def time_engine(
     t0 = time.perf_counter()
     seq, _ = runner.start(engine_request(lm, body))
     stamps: list[float] = []
+    cpu: list[float] = []
     pieces: list[str] = []
     try:
         while not seq.finished:
             for ev in runner.step([seq])[seq]:
                 if isinstance(ev, TokenEvent):
                     stamps.append(time.perf_counter())
+                    cpu.append(time.process_time())
                     pieces.append(ev.text)
     finally:
         seq.close(cancelled=not seq.finished)
-    return _timing(name, t0, stamps, seq.prompt_len, "".join(pieces))
+    return _timing(name, t0, stamps, cpu, seq.prompt_len, "".join(pieces))

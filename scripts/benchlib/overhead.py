@@ -2,8 +2,10 @@
 
 Same bench-size Qwen2.5-VL, same compute dtype, same prompt token ids, greedy, EOS
 suppressed so every run makes exactly max_tokens, 8-bit KV cache from token 0 and the same
-prefill chunk on both sides. Systems are run one after another in a rotating order within
-each repeat, and the overhead is the median of the per-repeat paired ratios.
+prefill chunk on both sides. Within each repeat the systems run one after another in a
+rotating order; overheads are medians of per-repeat paired ratios, of wall-clock decode
+speed (what a user sees) and of CPU time per token (what the serving path costs; much less
+disturbed by other work on a shared machine).
 """
 
 from __future__ import annotations
@@ -13,34 +15,37 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import inproc, prompts
-from .client import RequestSpec, StreamTiming, get_json, stream_chat
+from .client import RequestSpec, StreamTiming, get_json, process_cpu_probe, stream_chat
 from .context import Context, SectionResult
 from .harness import SUMMARY_HEADERS, BenchError, check, measure, summarize_timings, summary_row
 from .models import describe, float32_copy
-from .procs import apc_env, free_port, mlx_vlm_cmd, ours_cmd
-from .report import stat, table
+from .procs import Server, apc_env, free_port, mlx_vlm_cmd, ours_cmd
+from .report import load_average, stat, table
 
 ARCH = "qwen2_5_vl"
 PREFILL_STEP = 256
 KV_BITS = 8
-SERVER, ENGINE, MLX_VLM = (
-    "mlx_server (HTTP, streamed)",
-    "mlx_server engine (no HTTP)",
-    "mlx-vlm stream_generate",
-)
+SERVER = "mlx_server (HTTP, streamed)"
+ENGINE = "mlx_server engine (no HTTP)"
+MLX_VLM = "mlx-vlm stream_generate"
 VLM_SERVER = "mlx-vlm server (float32 copy)"
+System = Callable[[RequestSpec], StreamTiming]
 
 
 @dataclass(frozen=True)
 class Config:
     repeats: int
-    prompt_tokens: int
     max_tokens: int
-    variants: tuple[str, ...]
+    prompt_tokens: dict[str, int]  # user text tokens per variant ("image" adds one image)
+    engine_variants: tuple[str, ...]  # where the no-HTTP engine row is measured too
+
+    @property
+    def variants(self) -> tuple[str, ...]:
+        return tuple(self.prompt_tokens)
 
 
-FULL = Config(repeats=3, prompt_tokens=240, max_tokens=128, variants=("text", "image"))
-QUICK = Config(repeats=1, prompt_tokens=96, max_tokens=64, variants=("text",))
+FULL = Config(3, 128, {"text": 192, "image": 64}, ("text",))
+QUICK = Config(1, 64, {"text": 96}, ("text",))
 
 
 def make_spec(lm: Any, variant: str, tag: str, prompt_tokens: int, max_tokens: int) -> RequestSpec:
@@ -56,19 +61,18 @@ def make_spec(lm: Any, variant: str, tag: str, prompt_tokens: int, max_tokens: i
     )
 
 
-def _systems(
-    ctx: Context, lm: Any, server_v1: str
-) -> dict[str, Callable[[RequestSpec], StreamTiming]]:
+def _systems(ctx: Context, lm: Any, server: Server) -> dict[str, System]:
     kv = {"kv_bits": KV_BITS, "prefill_step": PREFILL_STEP}
     timeout = ctx.request_timeout_s
+    probe = process_cpu_probe(server.proc.pid)
     return {
-        SERVER: lambda spec: stream_chat(server_v1, spec, "bench", timeout_s=timeout),
-        ENGINE: lambda spec: inproc.time_engine(lm, spec.body("bench"), **kv),
-        MLX_VLM: lambda spec: inproc.time_mlx_vlm(lm, spec.body("bench"), **kv),
+        SERVER: lambda s: stream_chat(server.v1, s, "bench", timeout_s=timeout, cpu_probe=probe),
+        ENGINE: lambda s: inproc.time_engine(lm, s.body("bench"), **kv),
+        MLX_VLM: lambda s: inproc.time_mlx_vlm(lm, s.body("bench"), **kv),
     }
 
 
-def _start_ours(ctx: Context, lm: Any):
+def _start_ours(ctx: Context, lm: Any) -> Server:
     dtype = str(lm.dtype).replace("mlx.core.", "")
     extra = ("--dtype", dtype, "--kv-bits", str(KV_BITS), "--prefill-step-size", str(PREFILL_STEP))
     server = ctx.pool.start(ours_cmd(lm.path, free_port(), *extra), "mlx_server", ctx.work_dir)
@@ -76,14 +80,6 @@ def _start_ours(ctx: Context, lm: Any):
     if health.get("dtype") not in (None, dtype):
         raise BenchError(f"server runs {health.get('dtype')}, the baseline {dtype}")
     return server
-
-
-def _paired(results: dict[str, list[StreamTiming]], a: str, b: str) -> list[float]:
-    return [
-        x.decode_tok_s / y.decode_tok_s
-        for x, y in zip(results[a], results[b])
-        if x.decode_tok_s and y.decode_tok_s
-    ]
 
 
 def _vlm_server(ctx: Context, lm: Any, specs: list[RequestSpec], warm: list[RequestSpec]):
@@ -95,45 +91,57 @@ def _vlm_server(ctx: Context, lm: Any, specs: list[RequestSpec], warm: list[Requ
     server = ctx.pool.start(mlx_vlm_cmd(f32, free_port(), *extra), "mlx-vlm", ctx.work_dir, env=env)
     try:
         runs = measure(
-            server.v1, specs, model=str(f32), warmup=warm, timeout_s=ctx.request_timeout_s
+            server.v1,
+            specs,
+            model=str(f32),
+            warmup=warm,
+            timeout_s=ctx.request_timeout_s,
+            cpu_probe=process_cpu_probe(server.proc.pid),
         )
     finally:
         ctx.pool.stop(server)
     return runs[0].timings
 
 
-def _interleaved(ctx: Context, cfg: Config, lm: Any, systems: dict[str, Callable]) -> dict:
+def _interleaved(ctx: Context, cfg: Config, lm: Any, systems: dict[str, System]) -> dict:
     """{variant: {system: [timing per repeat]}}, systems in a rotating order per repeat."""
-    results = {v: {name: [] for name in systems} for v in cfg.variants}
-    names = list(systems)
+    results: dict[str, dict[str, list[StreamTiming]]] = {}
+    for variant in cfg.variants:
+        names = [n for n in systems if n != ENGINE or variant in cfg.engine_variants]
+        results[variant] = {n: [] for n in names}
     for rep in range(cfg.repeats):
-        for variant in cfg.variants:
-            spec = make_spec(lm, variant, f"r{rep}", cfg.prompt_tokens, cfg.max_tokens)
+        for variant, by_system in results.items():
+            n_tok = cfg.prompt_tokens[variant]
+            spec = make_spec(lm, variant, f"r{rep}", n_tok, cfg.max_tokens)
+            names = list(by_system)
             for name in names[rep % len(names) :] + names[: rep % len(names)]:
                 t = systems[name](spec)
                 check([t], name)
                 ctx.say(
                     f"  {variant} #{rep + 1} {name}: TTFT {t.ttft_s:.2f} s, "
-                    f"{t.decode_tok_s:.2f} tok/s"
+                    f"{t.decode_tok_s:.2f} tok/s, {t.decode_cpu_ms or 0:.1f} CPU ms/tok"
                 )
-                results[variant][name].append(t)
+                by_system[name].append(t)
     return results
 
 
 def run(ctx: Context) -> SectionResult:
     """Warm every system up, measure them interleaved, then mlx-vlm's server for context."""
     cfg = QUICK if ctx.quick else FULL
+    load_before = load_average()
     lm = ctx.loaded(ARCH)
     model = describe(lm)
     server = _start_ours(ctx, lm)
-    systems = _systems(ctx, lm, server.v1)
+    systems = _systems(ctx, lm, server)
     warm = [make_spec(lm, v, "warm", 16, 8) for v in cfg.variants]
     for name, fn in systems.items():
         ctx.say(f"  warm-up: {name}")
         check([fn(spec) for spec in warm], f"warm-up of {name}")
     results = _interleaved(ctx, cfg, lm, systems)
     ctx.pool.stop(server)
-    vlm_specs = [make_spec(lm, v, "vlm", cfg.prompt_tokens, cfg.max_tokens) for v in cfg.variants]
+    vlm_specs = [
+        make_spec(lm, v, "vlm", cfg.prompt_tokens[v], cfg.max_tokens) for v in cfg.variants
+    ]
     try:
         for t in _vlm_server(ctx, lm, vlm_specs, warm):
             results[t.name][VLM_SERVER] = [t]
@@ -143,11 +151,17 @@ def run(ctx: Context) -> SectionResult:
         f"model: bench-size {model['family']}, {model['params_m']} M params "
         f"({model['lm_params_m']} M language model), {model['quantization']}, compute dtype "
         f"{model['dtype']}, KV {KV_BITS}-bit from token 0, prefill step {PREFILL_STEP}",
-        f"requests: ~{cfg.prompt_tokens} user tokens of text (image variant: +1 224x224 "
-        f"image), greedy, {cfg.max_tokens} new tokens (EOS suppressed), "
-        f"{cfg.repeats} repeat(s)",
+        f"requests: greedy, {cfg.max_tokens} new tokens (EOS suppressed), {cfg.repeats} "
+        f"repeat(s); user text tokens {cfg.prompt_tokens} (image: + one 224x224 image)",
+        f"1-minute load average before/after: {load_before} / {load_average()} "
+        "(above ~1 on 2 cores, other work disturbs wall-clock figures; CPU ms/tok much less)",
     ]
-    data: dict[str, Any] = {"model": model, "config": cfg.__dict__, "variants": {}}
+    data: dict[str, Any] = {
+        "model": model,
+        "config": cfg.__dict__,
+        "load_avg": [load_before, load_average()],
+        "variants": {},
+    }
     for variant, by_system in results.items():
         text, data["variants"][variant] = _variant_report(variant, by_system)
         lines += ["", text]
@@ -155,10 +169,28 @@ def run(ctx: Context) -> SectionResult:
 
 
 COMPARISONS = (
-    (SERVER, MLX_VLM, "server overhead vs mlx-vlm"),
-    (ENGINE, MLX_VLM, "engine overhead vs mlx-vlm"),
-    (SERVER, ENGINE, "HTTP path overhead vs engine"),
+    (SERVER, MLX_VLM, "server vs mlx-vlm"),
+    (ENGINE, MLX_VLM, "engine vs mlx-vlm"),
+    (SERVER, ENGINE, "HTTP path vs engine"),
 )
+
+
+def paired_overheads(by_system: dict[str, list[StreamTiming]], a: str, b: str) -> dict:
+    """Per-repeat speed ratios of system `a` to `b`, by wall clock and by CPU time per
+    token, and the overhead of `a` (1 - median ratio, in %); missing figures are skipped."""
+    if a not in by_system or b not in by_system:
+        return {}
+    pairs = list(zip(by_system[a], by_system[b]))
+    wall = [x.decode_tok_s / y.decode_tok_s for x, y in pairs if x.decode_tok_s and y.decode_tok_s]
+    cpu = [
+        y.decode_cpu_ms / x.decode_cpu_ms for x, y in pairs if x.decode_cpu_ms and y.decode_cpu_ms
+    ]
+    out = {}
+    for key, ratios in (("wall", wall), ("cpu", cpu)):
+        s = stat(ratios)
+        if s is not None:
+            out[key] = {"overhead_pct": 100 * (1 - s.median), "ratios": ratios}
+    return out
 
 
 def _variant_report(variant: str, by_system: dict[str, list[StreamTiming]]):
@@ -167,17 +199,17 @@ def _variant_report(variant: str, by_system: dict[str, list[StreamTiming]]):
     for name, timings in by_system.items():
         s = summarize_timings(variant, timings)
         rows.append(summary_row(name, s))
-        data[name] = {**s.to_json(), "runs": [t.decode_tok_s for t in timings]}
+        data[name] = s.to_json()
     lines = [table(SUMMARY_HEADERS, rows, title=f"[{variant}]")]
     for a, b, label in COMPARISONS:
-        ratios = _paired(by_system, a, b)
-        r = stat(ratios)
-        if r is None:
-            continue
-        pct = 100 * (1 - r.median)
-        each = ", ".join(f"{x:.3f}" for x in ratios)
-        lines.append(f"{label}: {pct:+.1f}% of decode speed (speed ratios per repeat: {each})")
-        data[label + " %"] = pct
+        found = paired_overheads(by_system, a, b)
+        data[label] = found
+        parts = [
+            f"{v['overhead_pct']:+.1f}% by {k} ({', '.join(f'{r:.3f}' for r in v['ratios'])})"
+            for k, v in found.items()
+        ]
+        if parts:
+            lines.append(f"overhead, {label}: " + "; ".join(parts))
     lines.append("greedy text vs mlx-vlm stream_generate: " + _agreement(by_system))
     return "\n".join(lines), data
 
@@ -196,7 +228,4 @@ def _agreement(by_system: dict[str, list[StreamTiming]]) -> str:
             continue
         n = next((i for i, (a, b) in enumerate(zip(text, ref)) if a != b), min(len(text), len(ref)))
         out.append(f"{name}: same first {n} of {len(ref)} chars")
-    if by_system[SERVER] and by_system[ENGINE]:
-        same = by_system[SERVER][0].text == by_system[ENGINE][0].text
-        out.append(f"server vs engine: {'identical' if same else 'DIFFERENT'}")
     return "; ".join(out)

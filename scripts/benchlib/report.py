@@ -118,6 +118,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def format_machine(info: dict[str, Any]) -> str:
     """One paragraph for the top of a report."""
     load = info.get("load_avg")
