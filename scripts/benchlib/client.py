@@ -73,6 +73,7 @@ class StreamTiming:
     finish_reason: str | None = None
     text: str = ""
     comments: int = 0
+    token_ids: tuple[int, ...] = ()  # in-process systems only (SSE carries text)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,13 @@ def engine_prompt(lm: Any, body: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _timing(
-    name: str, t0: float, stamps: list[float], cpu: list[float], prompt_tokens: int, text: str
+    name: str,
+    t0: float,
+    stamps: list[float],
+    cpu: list[float],
+    prompt_tokens: int,
+    text: str,
+    ids: list[int],
 ) -> StreamTiming:
     """Token arrival times (and this process's CPU seconds at each) -> StreamTiming."""
     n = len(stamps)
@@ -61,6 +67,7 @@ def _timing(
         token_chunks=n,
         finish_reason="length",
         text=text,
+        token_ids=tuple(ids),
     )
 
 
@@ -85,7 +92,7 @@ def time_mlx_vlm(
     kv = {"kv_bits": kv_bits, "kv_group_size": kv_group_size, "quantized_kv_start": 0}
     stamps: list[float] = []
     cpu: list[float] = []
-    pieces: list[str] = []
+    ids: list[int] = []
     for result in stream_generate(
         lm.model,
         lm.processor,
@@ -100,10 +107,14 @@ def time_mlx_vlm(
         **(kv if kv_bits else {}),
         **inputs,
     ):
+        if result.finish_reason is not None:  # the closing summary, not another token
+            break
         stamps.append(time.perf_counter())
         cpu.append(time.process_time())
-        pieces.append(result.text)
-    return _timing(name, t0, stamps, cpu, len(prompt.token_ids), "".join(pieces))
+        ids.append(int(result.token))
+    # Our server's text for these ids (mlx-vlm's own detokenizer drops incomplete UTF-8).
+    text = lm.tokenizer.decode(ids, skip_special_tokens=False)
+    return _timing(name, t0, stamps, cpu, len(prompt.token_ids), text, ids)
 
 
 def time_engine(
@@ -126,6 +137,7 @@ def time_engine(
     stamps: list[float] = []
     cpu: list[float] = []
     pieces: list[str] = []
+    ids: list[int] = []
     try:
         while not seq.finished:
             for ev in runner.step([seq])[seq]:
@@ -133,6 +145,7 @@ def time_engine(
                     stamps.append(time.perf_counter())
                     cpu.append(time.process_time())
                     pieces.append(ev.text)
+                    ids.extend(ev.token_ids)
     finally:
         seq.close(cancelled=not seq.finished)
-    return _timing(name, t0, stamps, cpu, seq.prompt_len, "".join(pieces))
+    return _timing(name, t0, stamps, cpu, seq.prompt_len, "".join(pieces), ids)

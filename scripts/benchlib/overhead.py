@@ -10,7 +10,7 @@ disturbed by other work on a shared machine).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,22 +210,30 @@ def _variant_report(variant: str, by_system: dict[str, list[StreamTiming]]):
         ]
         if parts:
             lines.append(f"overhead, {label}: " + "; ".join(parts))
-    lines.append("greedy text vs mlx-vlm stream_generate: " + _agreement(by_system))
+    lines.append("output vs mlx-vlm stream_generate: " + _agreement(by_system))
     return "\n".join(lines), data
 
 
+def _common_prefix(a: Sequence, b: Sequence) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
 def _agreement(by_system: dict[str, list[StreamTiming]]) -> str:
-    """Where each system's first-repeat text departs from mlx-vlm's (near-tied logits of a
-    random-weight model can flip a greedy pick when the KV cache was quantized differently)."""
-    ref = by_system[MLX_VLM][0].text
+    """How far the first repeat's output of ours matches mlx-vlm's: token ids for the engine,
+    text (mlx-vlm's ids decoded by our tokenizer) for the server. Greedy picks can flip on
+    near-tied logits of a random-weight model; mlx-vlm's server renders its own prompt, so
+    it is left out."""
+    ref = by_system[MLX_VLM][0]
     out = []
-    for name, timings in by_system.items():
-        if name == MLX_VLM or not timings:
-            continue
-        text = timings[0].text
-        if text == ref:
-            out.append(f"{name}: identical")
-            continue
-        n = next((i for i, (a, b) in enumerate(zip(text, ref)) if a != b), min(len(text), len(ref)))
-        out.append(f"{name}: same first {n} of {len(ref)} chars")
+    if by_system.get(ENGINE):
+        ids = by_system[ENGINE][0].token_ids
+        same = ids == ref.token_ids
+        k = _common_prefix(ids, ref.token_ids)
+        out.append(
+            f"engine token ids {'identical' if same else f'same first {k}'} of {len(ref.token_ids)}"
+        )
+    text = by_system[SERVER][0].text
+    same = text == ref.text
+    k = _common_prefix(text, ref.text)
+    out.append(f"server text {'identical' if same else f'same first {k}'} of {len(ref.text)} chars")
     return "; ".join(out)
