@@ -112,6 +112,7 @@ def test_paired_overheads_by_wall_and_cpu():
     assert found["wall"]["ratios"] == pytest.approx([0.9, 0.95, 1.0])
     assert found["wall"]["overhead_pct"] == pytest.approx(5.0)
     assert found["cpu"]["ratios"] == pytest.approx([50 / 55, 1.0])
+    assert found["best"]["overhead_pct"] == pytest.approx(5.0)  # 19 vs 20
     assert overhead.paired_overheads(runs, overhead.ENGINE, overhead.MLX_VLM) == {}
 
 
