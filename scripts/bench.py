@@ -41,6 +41,7 @@ DEFAULT = ("overhead", "media", "constraints")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; `--sections` becomes a checked list of names."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--sections", default=",".join(DEFAULT), help="comma-separated: " + ", ".join(SECTIONS)
@@ -81,6 +82,7 @@ def run_sections(ctx: Context, names: list[str]) -> list[SectionResult]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen sections; exit 1 if any failed, 130 when interrupted."""
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
     info = machine_info()

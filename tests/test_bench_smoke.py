@@ -125,3 +125,10 @@ def test_cpu_probe_reads_this_process():
     assert probe() > 0
     assert client.per_token_cpu_ms(1.0, 2.0, 11) == pytest.approx(100.0)
     assert client.per_token_cpu_ms(None, 2.0, 11) is None
+
+
+def test_timing_uses_probed_cpu_of_first_and_last_token():
+    # the probed process spent 0.1 s of CPU per line; tokens span lines 3..8 (6 tokens)
+    lines = [(t, line, 0.1 * i) for i, (t, line) in enumerate(canned_stream())]
+    t = client.timing_from_lines("x", 0.0, lines)
+    assert t.decode_cpu_ms == pytest.approx(1000 * 0.5 / 5)

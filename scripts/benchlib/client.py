@@ -132,46 +132,61 @@ def per_token_cpu_ms(cpu_first: float | None, cpu_last: float | None, n: int) ->
     return 1000.0 * (cpu_last - cpu_first) / (n - 1)
 
 
-def timing_from_lines(name: str, sent_at: float, lines: Sequence[tuple]) -> StreamTiming:
-    """Build a StreamTiming from (arrival time, SSE line[, probed CPU seconds]) tuples."""
-    first = last = None
-    cpu_first = cpu_last = None
-    texts: list[str] = []
-    usage: dict[str, Any] = {}
-    finish = error = None
-    chunks = comments = 0
-    done = False
-    for stamp, line, *cpu in lines:
+@dataclass
+class _Scan:
+    """What a pass over one response's SSE lines found."""
+
+    first: float | None = None  # arrival of the first token chunk
+    last: float | None = None  # arrival of the last token or finish chunk
+    cpu_first: float | None = None
+    cpu_last: float | None = None
+    texts: list[str] = field(default_factory=list)
+    usage: dict[str, Any] = field(default_factory=dict)
+    finish: str | None = None
+    error: str | None = None
+    chunks: int = 0
+    comments: int = 0
+    done: bool = False
+
+    def feed(self, stamp: float, line: str, cpu: float | None) -> None:
         if line.startswith(":"):
-            comments += 1
-            continue
+            self.comments += 1
+            return
         if not line.startswith("data:"):
-            continue
+            return
         payload = line[5:].strip()
         if payload == "[DONE]":
-            done = True
-            continue
+            self.done = True
+            return
         chunk = json.loads(payload)
         if "error" in chunk:
-            error = str(chunk["error"].get("message", chunk["error"]))
-            continue
+            self.error = str(chunk["error"].get("message", chunk["error"]))
+            return
         text, token, fin = _chunk_fields(chunk)
-        texts.append(text)
+        self.texts.append(text)
         if token:
-            chunks += 1
-            if first is None:
-                first, cpu_first = stamp, cpu[0] if cpu else None
+            self.chunks += 1
+            if self.first is None:
+                self.first, self.cpu_first = stamp, cpu
         if token or fin:
-            last, cpu_last = stamp, cpu[0] if cpu else None
-        finish = fin or finish
-        usage = chunk.get("usage") or usage
+            self.last, self.cpu_last = stamp, cpu
+        self.finish = fin or self.finish
+        self.usage = chunk.get("usage") or self.usage
+
+
+def timing_from_lines(name: str, sent_at: float, lines: Sequence[tuple]) -> StreamTiming:
+    """Build a StreamTiming from (arrival time, SSE line[, probed CPU seconds]) tuples."""
+    scan = _Scan()
+    for stamp, line, *cpu in lines:
+        scan.feed(stamp, line, cpu[0] if cpu else None)
+    first, last, usage, error = scan.first, scan.last, scan.usage, scan.error
     end = lines[-1][0] if lines else sent_at
-    completion = int(usage.get("completion_tokens") or chunks)
+    completion = int(usage.get("completion_tokens") or scan.chunks)
     details = usage.get("prompt_tokens_details") or {}
     decode = None
     if first is not None and last is not None and last > first and completion > 1:
         decode = (completion - 1) / (last - first)
-    if error is None and not done:
+    if error is None and not scan.done:
         error = "stream ended without [DONE]"
     return StreamTiming(
         name=name,
@@ -179,15 +194,15 @@ def timing_from_lines(name: str, sent_at: float, lines: Sequence[tuple]) -> Stre
         error=error or (None if first is not None else "no tokens"),
         ttft_s=None if first is None else first - sent_at,
         decode_tok_s=decode,
-        decode_cpu_ms=per_token_cpu_ms(cpu_first, cpu_last, completion),
+        decode_cpu_ms=per_token_cpu_ms(scan.cpu_first, scan.cpu_last, completion),
         total_s=end - sent_at,
         prompt_tokens=int(usage.get("prompt_tokens") or 0),
         completion_tokens=completion,
         cached_tokens=int(details.get("cached_tokens") or 0),
-        token_chunks=chunks,
-        finish_reason=finish,
-        text="".join(texts),
-        comments=comments,
+        token_chunks=scan.chunks,
+        finish_reason=scan.finish,
+        text="".join(scan.texts),
+        comments=scan.comments,
     )
 
 

@@ -34,6 +34,8 @@ System = Callable[[RequestSpec], StreamTiming]
 
 @dataclass(frozen=True)
 class Config:
+    """Sizes of one overhead run (full or --quick)."""
+
     repeats: int
     max_tokens: int
     prompt_tokens: dict[str, int]  # user text tokens per variant ("image" adds one image)

@@ -57,6 +57,8 @@ def apc_env(enabled: bool, cache_home: Path) -> dict[str, str]:
 
 @dataclass
 class Server:
+    """A started server: its loopback URL, process and log file."""
+
     name: str
     base_url: str  # http://127.0.0.1:PORT
     proc: subprocess.Popen

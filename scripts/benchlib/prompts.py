@@ -61,6 +61,7 @@ def image_png(tag: str = "", size: int = 224) -> bytes:
 
 
 def data_url(png: bytes) -> str:
+    """A `data:image/png;base64,...` URL, as OpenAI image parts carry them."""
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 

@@ -58,6 +58,7 @@ def _starters(ctx: Context, lm: Any) -> list[tuple[str, str, Callable[[], Server
 
 
 def run(ctx: Context) -> SectionResult:
+    """Start, warm up, measure and stop each server in turn."""
     lm = ctx.loaded(ARCH)
     warm = _specs(lm, "warm", 4, 2)
     rows, data = [], {}
