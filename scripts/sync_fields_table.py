@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mlx_server.api.requests import render_policy_table
+from mlx_server.api.fields import render_policy_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

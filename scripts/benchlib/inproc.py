@@ -23,15 +23,26 @@ def load(model_dir: str, dtype: str = "auto") -> Any:
 
 def engine_request(lm: Any, body: dict[str, Any]) -> Any:
     """The GenerationRequest our server builds from an OpenAI chat body."""
+    import asyncio
+
+    from mlx_server.api.media import MediaResolver
     from mlx_server.api.protocol import ChatCompletionRequest
-    from mlx_server.api.requests import to_generation_request
+    from mlx_server.api.requests import plan_request, to_generation_request
     from mlx_server.config import Settings
 
     settings = Settings(model=str(lm.path), served_model_name=body.get("model"))
     body = {k: v for k, v in body.items() if k not in ("stream", "stream_options")}
-    return to_generation_request(
-        ChatCompletionRequest.model_validate(body), settings, request_id="bench"
-    )
+    request = ChatCompletionRequest.model_validate(body)
+    plan = plan_request(request, settings, request_id="bench")
+
+    async def resolve() -> dict:
+        resolver = MediaResolver.from_settings(settings)
+        try:
+            return await resolver.resolve(plan.media, plan.fps) if plan.media else {}
+        finally:
+            await resolver.aclose()
+
+    return to_generation_request(request, plan, asyncio.run(resolve()))
 
 
 def engine_prompt(lm: Any, body: dict[str, Any]) -> tuple[Any, Any]:
