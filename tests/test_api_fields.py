@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_server.api.protocol import ChatCompletionRequest
 from mlx_server.api.fields import FIELD_POLICIES, Policy, render_policy_table
+from mlx_server.api.protocol import ChatCompletionRequest
 from mlx_server.config import Settings
 from tests.api_util import MODEL_ID, assert_envelope, chat_body
 
