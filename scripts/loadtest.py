@@ -66,6 +66,7 @@ class Report:
     statuses: Counter = field(default_factory=Counter)  # (kind, status) of errors
     latencies: list[float] = field(default_factory=list)
     rss_kib: dict[str, int] = field(default_factory=dict)
+    cache_kib: dict[str, int] = field(default_factory=dict)  # prompt + vision caches, by design
     healthy_after: bool = False
 
     def count(self, outcome: str) -> int:
@@ -107,12 +108,31 @@ class Report:
                 "server RSS: " + ", ".join(f"{k} {v / 1024:.1f} MiB" for k, v in rss.items())
             )
             if rss.get("after warm-up") and rss.get("end"):
-                growth = 100 * (rss["end"] - rss["after warm-up"]) / rss["after warm-up"]
+                base = rss["after warm-up"]
+                growth = 100 * (rss["end"] - base) / base
                 lines.append(f"RSS growth after warm-up: {growth:+.1f}%")
+                caches = self.cache_kib
+                if "after warm-up" in caches and "end" in caches:
+                    grown = caches["end"] - caches["after warm-up"]
+                    net = 100 * (rss["end"] - base - grown) / base
+                    lines.append(
+                        f"of which the prompt and vision caches (bounded by their budgets): "
+                        f"{grown / 1024:+.1f} MiB; RSS growth beyond the caches: {net:+.1f}%"
+                    )
         lines.append(
             f"healthy after: {self.healthy_after}; verdict: {'PASS' if self.passed else 'FAIL'}"
         )
         return "\n".join(lines)
+
+
+async def cache_kib(client: httpx.AsyncClient) -> int | None:
+    """KiB held by the server's prompt and vision caches, from /health (None if unknown)."""
+    try:
+        stats = (await client.get("/health")).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    parts = [stats.get(k) or {} for k in ("prompt_cache", "vision_cache")]
+    return sum(int(p.get("bytes", 0)) for p in parts) // 1024
 
 
 def rss_kib(pid: int | None) -> int | None:
@@ -209,6 +229,10 @@ async def one_request(
     report.outcomes[(kind, outcome)] += 1
 
 
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
 async def run_load(
     base_url: str,
     model: str,
@@ -227,8 +251,15 @@ async def run_load(
     check_loopback(base_url)
     clients, duration = min(clients, MAX_CLIENTS), min(duration, MAX_DURATION_S)
     report = Report()
-    if (start := rss_kib(pid)) is not None:
-        report.rss_kib["start"] = start
+    probe = httpx.AsyncClient(base_url=base_url, timeout=10, headers=_auth(api_key))
+
+    async def sample(label: str) -> None:
+        if (value := rss_kib(pid)) is not None:
+            report.rss_kib[label] = value
+        if (cached := await cache_kib(probe)) is not None:
+            report.cache_kib[label] = cached
+
+    await sample("start")
     args = argparse.Namespace(max_tokens=max_tokens)
     kinds, weights = list(mix), list(mix.values())
     deadline = time.monotonic() + duration
@@ -239,9 +270,8 @@ async def run_load(
         nonlocal sent
         rng = random.Random(seed * 1000 + i)
         limits = httpx.Limits(max_connections=1)
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         async with httpx.AsyncClient(
-            base_url=base_url, timeout=timeout, limits=limits, headers=headers
+            base_url=base_url, timeout=timeout, limits=limits, headers=_auth(api_key)
         ) as client:
             while time.monotonic() < deadline and (max_requests is None or sent < max_requests):
                 sent += 1
@@ -249,12 +279,11 @@ async def run_load(
 
     async def warm_up_rss() -> None:
         await asyncio.sleep(max(0.0, warm_until - time.monotonic()))
-        if (value := rss_kib(pid)) is not None:
-            report.rss_kib["after warm-up"] = value
+        await sample("after warm-up")
 
     await asyncio.gather(warm_up_rss(), *(client_loop(i) for i in range(clients)))
-    if (end := rss_kib(pid)) is not None:
-        report.rss_kib["end"] = end
+    await sample("end")
+    await probe.aclose()
     try:
         r = httpx.get(base_url + "/health", timeout=10)
         report.healthy_after = r.status_code == 200 and r.json().get("status") == "ok"
@@ -373,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
                     "p50_s": report.percentile(0.5),
                     "p95_s": report.percentile(0.95),
                     "rss_kib": report.rss_kib,
+                    "cache_kib": report.cache_kib,
                     "healthy_after": report.healthy_after,
                     "passed": report.passed,
                 },

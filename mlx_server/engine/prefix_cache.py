@@ -144,6 +144,19 @@ class Entry:
         )
 
 
+def _needed(
+    layers: list[LayerState], checkpoints: dict[int, dict[int, LayerState]]
+) -> dict[int, dict[int, LayerState]]:
+    """Drop snapshots the full state can stand in for: a sliding-window layer that never
+    wrapped can be cut anywhere, so its snapshots would only cost memory."""
+    kept = {}
+    for pos, snaps in checkpoints.items():
+        snaps = {i: snap for i, snap in snaps.items() if not can_cut(layers[i], pos)}
+        if snaps:
+            kept[pos] = snaps
+    return kept
+
+
 @dataclass(frozen=True)
 class Match:
     entry: Entry
@@ -196,7 +209,7 @@ class PrefixCache:
         checkpoints kept); a prefix already covered by a longer entry only adds checkpoints."""
         if len(key) == 0:
             return False
-        entry = Entry(key=key, layers=layers, checkpoints=dict(checkpoints or {}))
+        entry = Entry(key=key, layers=layers, checkpoints=_needed(layers, checkpoints or {}))
         mx.eval([s[1] for s in layers])
         with self._lock:
             for other in list(self._entries):
@@ -206,10 +219,9 @@ class PrefixCache:
                         entry.checkpoints.setdefault(pos, snaps)
                     self._entries.remove(other)
                 elif n == len(key):  # `other` already covers this prefix
-                    other.checkpoints.setdefault(
-                        len(key), {i: s for i, s in enumerate(layers) if s[0] == "rot"}
-                    )
-                    for pos, snaps in entry.checkpoints.items():
+                    extra = {len(key): {i: s for i, s in enumerate(layers) if s[0] == "rot"}}
+                    extra.update(entry.checkpoints)
+                    for pos, snaps in _needed(other.layers, extra).items():
                         other.checkpoints.setdefault(pos, snaps)
                     other.measure()
                     other.last_used = time.monotonic()

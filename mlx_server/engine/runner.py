@@ -233,6 +233,11 @@ class MLXRunner:
         layers = [snapshot_layer(c) for c in gen.cache]
         self.prefix_cache.insert(key, layers, gen.snapshots)
 
+    def idle(self) -> None:
+        """No sequence is running: return MLX's cached buffers to the system, so memory
+        after a burst of requests is what the caches hold, not the burst's peak."""
+        mx.clear_cache()
+
     def release_thread(self) -> None:
         """Last call on the worker thread: drop its MLX streams (see service.release_streams)."""
         release_streams()
@@ -262,7 +267,13 @@ class MLXRunner:
         return out
 
     def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"batch_size": len(self.batch), "batch_peak": self.batch.peak}
+        out: dict[str, Any] = {
+            "batch_size": len(self.batch),
+            "batch_peak": self.batch.peak,
+            "mlx_active_bytes": mx.get_active_memory(),
+            "mlx_cache_bytes": mx.get_cache_memory(),
+            "mlx_peak_bytes": mx.get_peak_memory(),
+        }
         if self.prefix_cache is not None:
             out["prompt_cache"] = self.prefix_cache.stats()
         if self.vision_cache is not None:

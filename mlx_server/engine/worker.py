@@ -126,6 +126,10 @@ class Worker:
     def _run(self) -> None:
         while True:
             with self._cond:
+                idle = not self._draining and not self._pending and not self._active
+            if idle:
+                self._idle()
+            with self._cond:
                 while not self._draining and not self._pending and not self._active:
                     self._cond.wait()
                 if self._draining and (not self._active or time.monotonic() >= self._deadline):
@@ -144,6 +148,15 @@ class Worker:
         release = getattr(self._runner, "release_thread", None)
         if release is not None:
             release()
+
+    def _idle(self) -> None:
+        """Nothing to do: let the runner hand freed memory back (on this, the MLX thread)."""
+        idle = getattr(self._runner, "idle", None)
+        if idle is not None:
+            try:
+                idle()
+            except Exception:
+                log.exception("idle housekeeping failed")
 
     def _admit(self, job: WorkerJob) -> None:
         if job.cancelled.is_set():
