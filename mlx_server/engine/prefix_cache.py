@@ -51,6 +51,16 @@ def _tree_cut(state: Any, n: int) -> Any:
     return _cut(state, n)
 
 
+def _compact(state: Any, n: int) -> Any:
+    """Like _tree_cut, but copied into buffers of exactly n positions: a slice keeps the live
+    cache's whole buffer (grown in 256-token steps) alive, so stored entries would hold
+    several times the memory their nbytes report. mx.contiguous does not copy a slice that is
+    already row-contiguous (one KV head), an elementwise op always writes a new buffer."""
+    if isinstance(state, tuple | list):
+        return type(state)(_compact(s, n) for s in state)
+    return state[..., :n, :] * 1
+
+
 def _nbytes(state: Any) -> int:
     if isinstance(state, tuple | list):
         return sum(_nbytes(s) for s in state)
@@ -67,13 +77,13 @@ def snapshot_layer(c: Any) -> LayerState:
     if isinstance(c, RotatingKVCache):
         return (
             "rot",
-            (_cut(c.keys, c.keys.shape[2]), _cut(c.values, c.values.shape[2])),
+            _compact((c.keys, c.values), c.keys.shape[2]),
             (c.keep, c.max_size, c.offset, c._idx),
         )
     if isinstance(c, QuantizedKVCache):
-        return ("qkv", _tree_cut((c.keys, c.values), c.offset), (c.group_size, c.bits, c.offset))
+        return ("qkv", _compact((c.keys, c.values), c.offset), (c.group_size, c.bits, c.offset))
     if isinstance(c, KVCache):
-        return ("kv", _tree_cut((c.keys, c.values), c.offset), (c.offset,))
+        return ("kv", _compact((c.keys, c.values), c.offset), (c.offset,))
     raise TypeError(f"cannot snapshot a {type(c).__name__}")
 
 

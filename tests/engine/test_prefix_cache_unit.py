@@ -119,3 +119,24 @@ def test_entry_larger_than_budget_is_not_kept():
     pc = PrefixCache(1024)
     assert not pc.insert(np.arange(64), layers(64))
     assert pc.stats()["entries"] == 0
+
+
+def test_stored_state_owns_exactly_its_bytes():
+    # One KV head: a slice of the 256-position buffer is row-contiguous, the case in which
+    # a "copy if needed" would keep the whole buffer alive behind a small entry.
+    mx.clear_cache()
+    base = mx.get_active_memory()
+    cache = QuantizedKVCache(64, 8)
+    k = mx.random.normal((1, 1, 20, D))
+    cache.update_and_fetch(k, k)
+    mx.eval(cache.keys, cache.values)
+    snap = snapshot_layer(cache)
+    mx.eval(snap[1])
+    assert [x.dtype for p in snap[1] for x in p] == [
+        x.dtype for p in (cache.keys, cache.values) for x in p
+    ]
+    del cache, k
+    mx.clear_cache()
+    held = mx.get_active_memory() - base
+    stored = sum(x.nbytes for part in snap[1] for x in part)
+    assert held <= stored + 1024, (held, stored)
