@@ -263,7 +263,7 @@ async def run_load(
     args = argparse.Namespace(max_tokens=max_tokens)
     kinds, weights = list(mix), list(mix.values())
     deadline = time.monotonic() + duration
-    warm_until = time.monotonic() + min(5.0, duration / 5)
+    warm_until = time.monotonic() + min(30.0, duration / 5)  # allocator pools, first compiles
     sent = 0
 
     async def client_loop(i: int) -> None:
