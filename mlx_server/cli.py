@@ -95,7 +95,7 @@ def parse_mm_limits(raw: str) -> dict[str, int]:
 
 
 def _security_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("security and limits (docs/security.md)")
+    g = p.add_argument_group("security and limits (README: Security and operations)")
     g.add_argument(
         "--api-key",
         help="require `Authorization: Bearer KEY` on /v1/* and /metrics "

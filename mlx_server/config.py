@@ -39,7 +39,7 @@ class Settings:
     rgba_background_color: tuple[int, int, int] = (255, 255, 255)  # under transparency
     media_cache_mb: int = 512  # decoded media kept by uuid (0: off)
     media_cache_entries: int = 1024
-    # Security and limits (api/security.py, api/limits.py, api/server.py; docs/security.md).
+    # Security and limits (api/security.py, api/limits.py, api/server.py; README: Security and operations).
     api_key: str | None = field(default=None, repr=False)  # never printed with the settings
     cors_origins: tuple[str, ...] = ()  # browser origins allowed to call the API; none by default
     max_body_bytes: int = 64 * 1024 * 1024  # room for one 32 MiB image, base64-encoded
