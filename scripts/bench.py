@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import hooks, overhead, prefix, servers  # noqa: E402
+from benchlib import concurrency, hooks, overhead, prefix, servers  # noqa: E402
 from benchlib.context import Context, SectionResult  # noqa: E402
 from benchlib.procs import ProcessPool  # noqa: E402
 from benchlib.report import format_machine, machine_info  # noqa: E402
@@ -35,6 +35,7 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "overhead": overhead.run,
     "servers": servers.run,
     "prefix": prefix.run,
+    "concurrency": concurrency.run,
     "media": lambda ctx: hooks.run_hook(ctx, "media", 150 if ctx.quick else 600),
     "constraints": lambda ctx: hooks.run_hook(ctx, "constraints", 150 if ctx.quick else 600),
 }
