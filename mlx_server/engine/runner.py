@@ -278,4 +278,6 @@ class MLXRunner:
             out["prompt_cache"] = self.prefix_cache.stats()
         if self.vision_cache is not None:
             out["vision_cache"] = self.vision_cache.stats()
+        if self.constraints is not None:
+            out["constraints"] = self.constraints.stats()
         return out

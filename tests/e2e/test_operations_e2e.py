@@ -4,6 +4,7 @@ the API key, and /metrics with the real engine's figures."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 
@@ -115,6 +116,21 @@ def test_api_key_and_metrics_on_the_real_server(tiny_models, tmp_path):
         assert "mlx_server_engine_context_length " in text
         assert "mlx_server_time_to_first_token_seconds_count 1.0" in text
         assert "process_resident_memory_bytes" in text
+        assert "mlx_server_engine_constraints_misses 0.0" in text
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        rf = {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}
+        for _ in range(2):  # compiled once, then served from the compile cache
+            ok.chat.completions.create(
+                model=server.model_id,
+                messages=[{"role": "user", "content": "Hi"}],
+                max_tokens=4,
+                response_format=rf,
+            )
+        text = httpx.get(server.base_url + "/metrics", headers=auth).text
+        assert "mlx_server_engine_constraints_misses 1.0" in text
+        assert "mlx_server_engine_constraints_hits 1.0" in text
+        compile_s = re.search(r"^mlx_server_engine_constraints_compile_seconds (\S+)$", text, re.M)
+        assert compile_s is not None and float(compile_s.group(1)) > 0
         assert key not in server.log()
     finally:
         stop_server(server)
