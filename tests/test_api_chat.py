@@ -307,3 +307,38 @@ async def test_concurrent_requests_are_independent(client, engine):
         f"q{i}-done" for i in range(8)
     ]
     assert len({r.json()["id"] for r in rs}) == 8
+
+
+async def test_held_back_tool_call_tokens_count_for_timing(client, engine, monkeypatch, caplog):
+    """Tokens whose text a splitter holds back (a tool call being written) send nothing, but
+    time to first token is taken at the first of them, and long holds send SSE comments."""
+    import logging
+    import re
+
+    from mlx_server.api import chat
+    from mlx_server.api.output import ToolCallDelta
+
+    class HoldAll:
+        def feed(self, text):
+            return []
+
+        def finish(self):
+            return [ToolCallDelta(0, "call_a", "get", "{}")]
+
+    monkeypatch.setattr(chat, "splitter_for", lambda gen, family: HoldAll())
+    engine.scripted(delay=0.1)
+    caplog.set_level(logging.INFO)
+    whole = (await client.post(URL, json=chat_body(), headers={"x-request-id": "held"})).json()
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+    line = next(r.getMessage() for r in caplog.records if "held" in r.getMessage())
+    ttft = float(re.search(r"ttft=([0-9.]+)s", line).group(1))
+    total = float(re.search(r" 200 ([0-9.]+)s", line).group(1))
+    assert ttft < 0.25 and total >= 0.35, line  # first of 4 tokens, not the finished call
+    assert "decode=" in line
+
+    monkeypatch.setattr(chat, "HELD_NOTICE_INTERVAL_S", 0.0)
+    r = await _stream(client)
+    comments = [x for x in r.text.splitlines() if x.startswith(":")]
+    assert comments and all(c == ": 1 token(s) held back" for c in comments)
+    deltas = [c["choices"][0]["delta"] for c in sse_json(r.text)]
+    assert deltas[1]["tool_calls"][0]["id"] == "call_a"

@@ -31,6 +31,7 @@ from .errors import ApiError, error_body, invalid_body
 from .limits import check_json_limits
 from .output import (
     Finish,
+    Held,
     Keepalive,
     PassthroughSplitter,
     Piece,
@@ -191,6 +192,11 @@ class _NoResponse(Response):
         return None
 
 
+# While a tool call is being written nothing can be sent; a comment this often keeps
+# proxies and clients from timing the stream out.
+HELD_NOTICE_INTERVAL_S = sse.KEEPALIVE_INTERVAL_S
+
+
 async def _stream(
     meta: CompletionMeta,
     pieces: AsyncIterator[Piece],
@@ -205,7 +211,14 @@ async def _stream(
     ticking = sse.with_keepalive(pieces, sse.KEEPALIVE_INTERVAL_S)
     try:
         yield sse.data(render.role_chunk(meta))
+        last_write = time.monotonic()
         async for piece in ticking:
+            if isinstance(piece, Held):  # a tool call in progress: keep the line alive
+                if time.monotonic() - last_write >= HELD_NOTICE_INTERVAL_S:
+                    last_write = time.monotonic()
+                    yield sse.comment(f"{piece.tokens} token(s) held back")
+                continue
+            last_write = time.monotonic()
             if piece is None:
                 yield sse.comment("keepalive")
             elif isinstance(piece, Keepalive):

@@ -60,12 +60,20 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class Held:
+    """Tokens were generated but their text is held back (a tool call still being written):
+    nothing to send yet, but timing (time to first token, decode rate) counts them."""
+
+    tokens: int
+
+
+@dataclass(frozen=True)
 class Finish:
     reason: str
     usage: Usage
 
 
-Piece = Keepalive | Delta | Finish
+Piece = Keepalive | Delta | Held | Finish
 
 
 async def output_pieces(
@@ -92,6 +100,8 @@ async def output_pieces(
             completion_tokens += len(event.token_ids)
             if out or event.logprobs:
                 yield Delta(tuple(out), event.logprobs)
+            elif event.token_ids:
+                yield Held(len(event.token_ids))
             if event.finish_reason is not None:
                 usage = event.usage or Usage(
                     prompt.prompt_tokens, completion_tokens, prompt.cached_tokens

@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlx_server.engine.types import Usage
 
-from .output import Delta, Finish, Piece
+from .output import Delta, Finish, Held, Piece
 
 log = logging.getLogger("mlx_server.api")
 
@@ -128,7 +128,7 @@ async def metered(pieces: AsyncIterator[Piece], record: RequestRecord) -> AsyncI
     """Pass pieces through, noting the first token's time and the finish on `record`."""
     try:
         async for piece in pieces:
-            if isinstance(piece, Delta) and record.first_token_at is None:
+            if isinstance(piece, Delta | Held) and record.first_token_at is None:
                 record.first_token_at = _now()
             elif isinstance(piece, Finish):
                 record.finished_at = _now()
