@@ -1,14 +1,17 @@
 """Benchmarks of mlx_server on its bench-size checkpoints, with mlx-vlm as the reference.
 
-    python scripts/bench.py                         # default sections, a few minutes on a CPU
-    python scripts/bench.py --quick                 # smaller runs, under ~2 minutes
-    python scripts/bench.py --sections overhead --json out.json
+    python scripts/bench.py                         # every default section, ~1 hour on 2 CPU cores
+    python scripts/bench.py --quick                 # smaller runs, ~25 minutes there
+    python scripts/bench.py --sections prefix,constrained --json out.json
 
-Sections (default: overhead, media, constraints): overhead (server decode speed vs in-process
-mlx_vlm.stream_generate), media and constraints (scripts/bench_media.py and
-scripts/bench_constraints.py, when present), and on request servers (one short request through
-ours and mlx-vlm's servers, including mlx-vlm on the bf16 checkpoint as shipped). Only 127.0.0.1 is used; every server this
-starts is stopped when it ends, also on Ctrl-C or an error.
+Sections (default: all but servers): overhead (server decode speed vs in-process
+mlx_vlm.stream_generate, issue 2), prefix (turn-2 vs turn-1 time to first token of a long
+conversation, issue 5), concurrency (8 requests at once vs one after another, and a short
+request's TTFT under load, issue 6), constrained (json_schema and forced tool calls vs free
+decoding, grammar compile cost, issues 3-4), media and constraints (scripts/bench_media.py
+and scripts/bench_constraints.py), and on request servers (one short request through ours
+and mlx-vlm's servers, including mlx-vlm on the bf16 checkpoint as shipped). Only 127.0.0.1
+is used; every server this starts is stopped when it ends, also on Ctrl-C or an error.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
 
-from benchlib import concurrency, hooks, overhead, prefix, servers  # noqa: E402
+from benchlib import concurrency, constrained, hooks, overhead, prefix, servers  # noqa: E402
 from benchlib.context import Context, SectionResult  # noqa: E402
 from benchlib.procs import ProcessPool  # noqa: E402
 from benchlib.report import format_machine, machine_info  # noqa: E402
@@ -36,10 +39,11 @@ SECTIONS: dict[str, Callable[[Context], SectionResult]] = {
     "servers": servers.run,
     "prefix": prefix.run,
     "concurrency": concurrency.run,
+    "constrained": constrained.run,
     "media": lambda ctx: hooks.run_hook(ctx, "media", 150 if ctx.quick else 600),
     "constraints": lambda ctx: hooks.run_hook(ctx, "constraints", 150 if ctx.quick else 600),
 }
-DEFAULT = ("overhead", "media", "constraints")
+DEFAULT = ("overhead", "prefix", "concurrency", "constrained", "media", "constraints")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
