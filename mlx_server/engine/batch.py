@@ -96,7 +96,9 @@ class DecodeBatch:
         constrained = any(g.matcher is not None for g in rows)
         nxt = None if constrained else self._forward(tokens, offsets)
         ids = tokens.tolist()
-        events = {g: [g.accept(t, c)] for g, t, c in zip(rows, ids, current)}
+        events = {
+            g: [] if g.take_early() else [g.accept(t, c)] for g, t, c in zip(rows, ids, current)
+        }
         if constrained:  # masks depend on the tokens just accepted
             nxt = self._forward(tokens, offsets)
         for g, n in zip(rows, nxt):

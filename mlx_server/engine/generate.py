@@ -87,6 +87,7 @@ class Generation:
         self.emb: Embedded | None = None
         self.rope_delta = 0
         self._pending: Any = None  # next token's SampleResult, maybe still computing
+        self._taken_early = False  # the pending token was already accepted (accept_first)
         self.finished = False
         self.finish_reason: FinishReason | None = None
         self.started = time.perf_counter()
@@ -136,7 +137,16 @@ class Generation:
             mx.eval([c.state for c in self.cache])
             self.prefilled += n
             self._checkpoint()
-            return [PrefillProgress(done=self.prefilled, total=self.prompt_len)]
+            progress = [PrefillProgress(done=self.prefilled, total=self.prompt_len)]
+            if self.prefilled < last:
+                return progress
+            # Only the last token is left: run it now rather than a step later, so the first
+            # token is not held behind another round of the batch's decode step.
+            return progress + self._prefill_last(last)
+        return self._prefill_last(last)
+
+    def _prefill_last(self, last: int) -> list[EngineEvent]:
+        """The prompt's last token: its logits give the first sampled token."""
         logits = self.family.forward(self.model, self.cache, self.emb, last, last + 1)
         self.prefilled = self.prompt_len
         self._checkpoint()
@@ -177,8 +187,8 @@ class Generation:
 
     @property
     def position(self) -> int:
-        """Cache position of the next token fed to the model."""
-        return self.prompt_len + len(self.generated)
+        """Cache position of the next token fed to the model (the pending one)."""
+        return self.prompt_len + len(self.generated) - (1 if self._taken_early else 0)
 
     def sample_row(self, logits: mx.array) -> Any:
         """Sample this sequence's next token from its (V,) logits row (lazily)."""
@@ -204,6 +214,7 @@ class Generation:
         """Solo stepping: a prefill chunk, or one decode step on this sequence's own cache."""
         if self.finished:
             return []
+        events: list[EngineEvent] = []
         if self.prefilled < self.prompt_len:
             events = self._prefill_chunk()
             if self._pending is None:
@@ -218,7 +229,19 @@ class Generation:
             if self.matcher is not None:
                 nxt = self._launch_next(current.token)
             self._pending = nxt
-        return [event]
+        return [*events, event]
+
+    def accept_first(self) -> TokenEvent:
+        """Batched stepping: take the first token as soon as prefill has sampled it, before
+        the batch feeds it back; the batch's next step then feeds it without taking it again."""
+        event = self.accept(int(self._pending.token.item()), self._pending)
+        self._taken_early = True
+        return event
+
+    def take_early(self) -> bool:
+        """Was the pending token already taken by accept_first? (Clears the mark.)"""
+        early, self._taken_early = self._taken_early, False
+        return early
 
     def accept(self, token: int, sample: Any) -> TokenEvent:
         """Take the sampled token: text (stop strings applied), finish checks, logprobs."""

@@ -251,16 +251,23 @@ class MLXRunner:
             if not seq.planned and not self._blocked(seq):
                 self._begin(seq)
         waiting = [s for s in waiting if s.planned]
+        first_token = False
         if waiting:
             seq = waiting[self._turn % len(waiting)]
             self._turn += 1
             out[seq] += seq.prefill_chunk()
-        for seq in seqs:
-            if seq.decoding and seq.batch is None:
-                self.batch.join(seq)
-        if len(self.batch):
-            for seq, events in self.batch.step().items():
-                out[seq] += events
+            if seq.decoding:  # prefill just sampled its first token: send it now
+                out[seq].append(seq.accept_first())
+                first_token = True
+        # A step that produced a first token ends here, so that token is not held behind a
+        # decode step of the whole batch (at most one skipped decode step per new request).
+        if not first_token:
+            for seq in seqs:
+                if seq.decoding and seq.batch is None:
+                    self.batch.join(seq)
+            if len(self.batch):
+                for seq, events in self.batch.step().items():
+                    out[seq] += events
         if self.prefix_cache is not None:
             live = [c for s in seqs if s.cache for c in s.cache] + (self.batch.cache or [])
             self.prefix_cache.reserve(live_nbytes(live))

@@ -130,3 +130,39 @@ def test_batch_rows_go_to_the_prefix_cache(loaded):
     reqs = requests(lm, 3)
     drive(r, reqs)
     assert r.prefix_cache.stats()["entries"] == 3
+
+
+def test_first_token_goes_out_in_the_step_that_ends_its_prefill(loaded):
+    """A request arriving while others decode gets its first token as soon as its prompt is
+    prefilled, not after another decode step of the whole batch; one with max_tokens=1 ends
+    there and never joins the batch."""
+    lm = loaded("qwen2_5_vl")
+    reqs = requests(lm, 3)
+    r = runner(lm)
+    running, _ = r.start(reqs[0])
+    while not running.generated:
+        r.step([running])
+    late, _ = r.start(reqs[1])
+    one = GenerationRequest("one", reqs[2].messages, SamplingParams(max_tokens=1))
+    single, _ = r.start(one)
+    seen = {late: 0, single: 0}
+    while not (late.generated and single.finished):
+        before = len(running.generated)
+        live = [s for s in (running, late, single) if not s.finished]
+        out = r.step(live)
+        for s in seen:
+            firsts = [e for e in out.get(s, []) if isinstance(e, TokenEvent)]
+            if firsts and not seen[s]:
+                seen[s] = 1
+                assert len(firsts) == 1 and s.prefilled == s.prompt_len
+                assert len(running.generated) == before  # no decode step held it back
+        for s in [s for s in live if s.finished]:
+            s.close(cancelled=False)
+    assert single.generated and len(single.generated) == 1 and single.batch is None
+    while not (late.finished and running.finished):
+        live = [s for s in (running, late) if not s.finished]
+        r.step(live)
+        for s in [s for s in live if s.finished]:
+            s.close(cancelled=False)
+    solo = drive(runner(lm), [reqs[1]])[0]
+    assert (late.generated, late.batch) == (solo[0], None)
