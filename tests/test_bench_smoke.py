@@ -132,3 +132,26 @@ def test_timing_uses_probed_cpu_of_first_and_last_token():
     lines = [(t, line, 0.1 * i) for i, (t, line) in enumerate(canned_stream())]
     t = client.timing_from_lines("x", 0.0, lines)
     assert t.decode_cpu_ms == pytest.approx(1000 * 0.5 / 5)
+
+
+def test_section_helpers_prefix_concurrency_constrained():
+    from benchlib import concurrency, constrained, prefix
+
+    first = [{"role": "system", "content": "s"}, {"role": "user", "content": "long"}]
+    turn2 = prefix.second_turn(first, "answer")
+    assert turn2[:2] == first and turn2[2] == {"role": "assistant", "content": "answer"}
+    assert turn2[3]["role"] == "user"
+    t = client.StreamTiming
+    assert prefix.Turns(t("a", True, ttft_s=10.0), t("b", True, ttft_s=0.5)).ratio == 0.05
+
+    longs = [t(f"l{i}", True, ttft_s=1.0 + i, total_s=30.0) for i in range(7)]
+    idle = [t("i", True, ttft_s=s) for s in (1.0, 0.8, 1.2)]
+    lat = concurrency.Latency(idle, t("late", True, ttft_s=1.5), longs, delay_s=10.0)
+    assert lat.idle_ttft == 1.0 and lat.ratio == 1.5 and lat.all_decoding
+    early = concurrency.Latency(idle, lat.loaded, longs, delay_s=5.0)  # l4..l6 not yet decoding
+    assert not early.all_decoding
+
+    rates = {"free": [20.0, 10.0, None], "json_schema": [18.0, 10.0, 5.0]}
+    assert constrained.paired_ratio(rates, "json_schema") == pytest.approx(0.95)
+    names = set(constrained.variants({"type": "object"}))
+    assert names == {"free", "json_schema", "tools, tool_choice=auto", "tool_choice=required"}
